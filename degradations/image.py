@@ -1,0 +1,44 @@
+"""Input checking and conversion shared by every degradation."""
+from __future__ import annotations
+
+import numpy as np
+
+MIN_SIZE = 32
+
+
+def as_float_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Return ``image`` as a contiguous H×W×3 float32 array in [0, 1].
+
+    Accepts uint8 (divided by 255) or float arrays already in [0, 1]. Raises ``ValueError``
+    naming ``name`` for a wrong shape, a side under 32 px, NaN/inf, or values outside [0, 1].
+    """
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{name}: expected shape H×W×3, got {tuple(image.shape)}")
+    h, w = image.shape[:2]
+    if h < MIN_SIZE or w < MIN_SIZE:
+        raise ValueError(f"{name}: {h}×{w} is smaller than the minimum {MIN_SIZE}×{MIN_SIZE}")
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image, dtype=np.float32) / np.float32(255.0)
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"{name}: dtype {image.dtype} is not supported; use uint8 or float in [0, 1]")
+    out = np.ascontiguousarray(image, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{name}: contains NaN or inf")
+    lo, hi = float(out.min()), float(out.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"{name}: values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]")
+    return np.clip(out, 0.0, 1.0, out=out) if (lo < 0 or hi > 1) else out
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float [0, 1] → uint8 with rounding (the convention of OpenCV and BasicSR)."""
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def check_level(level: float) -> float:
+    level = float(level)
+    if not np.isfinite(level) or not 0.0 <= level <= 1.0:
+        raise ValueError(f"level must lie in [0, 1], got {level}")
+    return level

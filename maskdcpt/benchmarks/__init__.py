@@ -1,0 +1,1 @@
+"""Benchmarks behind ``python tools/benchmark.py SUBJECT``: each module has ``main(argv)``."""

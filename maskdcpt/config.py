@@ -1,0 +1,165 @@
+"""Typed configuration: nested dataclasses loaded from YAML, overridden by ``key=value``.
+
+Every section is a dataclass with defaults, so a config file only states what differs.
+An unknown key anywhere raises ``ValueError`` naming its dotted path and listing the
+valid keys at that level; a value of the wrong type names the key and the expected type.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Check and convert ``value`` to the annotated type ``tp``; ``path`` names it in errors."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any or tp is object:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(f"{path}: {value!r} matches none of {tp}")
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{path}: expected a mapping for section {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, path)
+    if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{path}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ValueError(f"{path}: expected {len(args)} items, got {len(value)}")
+            return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if (origin is tuple or tp is tuple) else out
+    if origin in (dict, typing.Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{path}: expected a mapping, got {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {k: _convert(v, vt, f"{path}.{k}") for k, v in value.items()}
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"{path}: {value!r} is not one of {list(args)}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{path}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"{path}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{path}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T:
+    """Build dataclass ``cls`` from a (nested) mapping, rejecting unknown keys by name."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else key
+        if key not in valid:
+            raise ValueError(f"unknown config key {where!r}; valid keys{' in ' + path if path else ''}: {', '.join(valid)}")
+        kwargs[key] = _convert(value, hints[key], where)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> Any:
+    """A plain, YAML-safe dict of a config (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.init}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, Mapping):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``["train.max_steps=20", "model.name=restormer_tiny"]`` → nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ValueError(f"override {item!r} has an empty key")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r} conflicts with an earlier override of {part!r}")
+        node[parts[-1]] = value
+    return nested
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``update`` into ``base`` (mappings merge, everything else replaces)."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
+    """Defaults of ``cls`` ← YAML file at ``path`` ← ``key=value`` overrides, validated."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {str(path)!r} does not exist")
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, Mapping):
+            raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
+        data = dict(loaded)
+    data = merge(data, parse_overrides(overrides))
+    try:
+        return from_dict(cls, data)
+    except ValueError as err:
+        where = f" (in {path})" if path is not None else ""
+        raise ValueError(f"{err}{where}") from None
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
