@@ -1,0 +1,20 @@
+"""Backbones (dense and masked), the degradation classifier, the MaskDCPT wrapper and checkpoint loading."""
+from .checkpoint import LoadReport, load_pretrained, read_state_dict, save_safetensors
+from .classifier import DegradationClassifier
+from .maskdcpt import MaskDCPT, MaskDCPTOutput, ReconstructionHead, build_maskdcpt
+from .registry import create_model, list_models, register_model
+
+__all__ = [
+    "create_model",
+    "list_models",
+    "register_model",
+    "load_pretrained",
+    "read_state_dict",
+    "save_safetensors",
+    "LoadReport",
+    "MaskDCPT",
+    "MaskDCPTOutput",
+    "ReconstructionHead",
+    "build_maskdcpt",
+    "DegradationClassifier",
+]
