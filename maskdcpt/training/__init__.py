@@ -1,0 +1,1 @@
+"""Training: one step-based trainer shared by pre-training and fine-tuning."""

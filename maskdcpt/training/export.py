@@ -1,0 +1,31 @@
+"""Export the backbone of a pre-training run: the weights fine-tuning loads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checkpoint import load_state, save_weights
+
+
+def export_encoder(run_dir: str | Path, out: str | Path, checkpoint: str | Path | None = None) -> tuple[Path, int]:
+    """Read ``run_dir/config.yaml`` and its last (or the given) checkpoint; write the
+    ``backbone.*`` weights, without the prefix, to ``out`` as safetensors."""
+    from .pretrain import load_pretrain_config
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise ValueError(f"{str(run_dir)!r} is not a pre-training run folder: no config.yaml")
+    cfg = load_pretrain_config(config_path)
+    ckpt = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise ValueError(f"no checkpoint at {str(ckpt)!r}")
+    full = load_state(ckpt)
+    state = full["model"]
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    if not backbone:
+        raise ValueError(f"checkpoint {str(ckpt)!r} holds no backbone.* weights")
+    meta = {"format": "maskdcpt-encoder", "model_name": cfg.model.name, "model_kwargs": cfg.model.kwargs,
+            "step": int(full["step"])}
+    out = Path(out)
+    save_weights(backbone, out, meta)
+    return out, len(backbone)

@@ -1,0 +1,232 @@
+"""MaskDCPT pre-training: masked LQ → backbone → classifier + reconstruction head.
+
+Loss = w_rec·L1(reconstruction, GT) over a region of the mask (all / visible / hidden)
+     + w_cls·focal(logits, type, γ)
+     + w_con·SupCon(pooled features, type, τ)
+A weight of 0 removes its term from the graph (the ablations of a sweep).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..config import load_config, save_config, to_dict
+from ..data.config import DataConfig
+from ..losses import focal_loss, masked_l1, supervised_contrastive_loss
+from ..models import build_maskdcpt
+from ..models.masking import mask_like, random_keep_map
+from .checkpoint import save_weights
+from .distributed import DistInfo, cleanup_distributed, gather_with_grad, init_distributed
+from .logging import TensorBoardLogger, confusion_matrix, image_grid, render_confusion
+from .optim import OptimConfig, ParamGroup
+from .trainer import StepOutput, Trainer, TrainConfig, resolve_device
+
+# a stream id so that mask draws never coincide with the data's draws of the same seed
+_MASK_STREAM = 0x4D41534B
+
+
+@dataclass
+class ModelConfig:
+    name: str = "nafnet_tiny"
+    num_classes: int = 19
+    mask_ratio: float = 0.5  # 0 = the "no mask" ablation
+    patch_size: int | None = None  # None: the backbone's total stride (16 NAFNet, 8 others)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the backbone factory
+
+
+@dataclass
+class LossConfig:
+    w_rec: float = 1.0
+    w_cls: float = 1.0
+    w_con: float = 0.1
+    rec_region: Literal["all", "visible", "hidden"] = "all"
+    focal_gamma: float = 2.0
+    temperature: float = 0.07
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs"
+    name: str | None = None  # None: "pretrain_<model.name>"
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def load_pretrain_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PretrainConfig:
+    cfg = load_config(PretrainConfig, path, overrides)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: PretrainConfig) -> None:
+    loss = cfg.loss
+    for key in ("w_rec", "w_cls", "w_con"):
+        if getattr(loss, key) < 0:
+            raise ValueError(f"loss.{key} must be >= 0, got {getattr(loss, key)}")
+    if loss.w_rec == loss.w_cls == loss.w_con == 0:
+        raise ValueError("loss.w_rec, loss.w_cls and loss.w_con are all 0: nothing to train")
+    if not 0.0 <= cfg.model.mask_ratio < 1.0:
+        raise ValueError(f"model.mask_ratio must lie in [0, 1), got {cfg.model.mask_ratio}")
+    if loss.rec_region == "hidden" and cfg.model.mask_ratio == 0:
+        raise ValueError("loss.rec_region='hidden' needs model.mask_ratio > 0 (nothing is hidden)")
+    if loss.temperature <= 0:
+        raise ValueError(f"loss.temperature must be > 0, got {loss.temperature}")
+    if cfg.train.max_steps < 1:
+        raise ValueError(f"train.max_steps must be >= 1, got {cfg.train.max_steps}")
+
+
+def run_dir(cfg: PretrainConfig) -> Path:
+    return Path(cfg.run.output_dir) / (cfg.run.name or f"pretrain_{cfg.model.name}")
+
+
+def keep_maps(indices: Sequence[int], grid: tuple[int, int], mask_ratio: float, seed: int) -> torch.Tensor:
+    """One keep map per sample, drawn from (seed, global sample index) alone, so a sample is
+    masked the same whatever the number of ranks, the accumulation or a resume."""
+    maps = []
+    for index in indices:
+        state = np.random.SeedSequence([seed, _MASK_STREAM, int(index)]).generate_state(2, dtype=np.uint32)
+        g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        maps.append(random_keep_map(1, grid, mask_ratio, generator=g))
+    return torch.cat(maps, dim=0)
+
+
+class PretrainTask:
+    """MaskDCPT's objective on top of a ``MaskDCPT`` module."""
+
+    def __init__(self, cfg: PretrainConfig, dist: DistInfo):
+        self.cfg, self.dist = cfg, dist
+        m = cfg.model
+        self.model = build_maskdcpt(m.name, num_classes=m.num_classes, mask_ratio=m.mask_ratio, patch_size=m.patch_size, **m.kwargs)
+        loss = cfg.loss
+        self.has_unused_parameters = 0.0 in (loss.w_rec, loss.w_cls, loss.w_con)
+        self._preds: list[np.ndarray] = []
+        self._targets: list[np.ndarray] = []
+
+    # parameter groups: DCPT trains G and the classifier with their own AdamW settings
+    def param_groups(self, optim: OptimConfig) -> list[ParamGroup]:
+        classifier = [p for n, p in self.model.named_parameters() if n.startswith("classifier.")]
+        others = [p for n, p in self.model.named_parameters() if not n.startswith("classifier.")]
+        return [
+            ParamGroup("backbone", others, optim.lr, optim.weight_decay),
+            ParamGroup("classifier", classifier, optim.classifier_lr, optim.classifier_weight_decay),
+        ]
+
+    def step(self, model: nn.Module, batch: dict[str, Any], step: int) -> StepOutput:
+        cfg = self.cfg
+        lq, gt, target = batch["lq"], batch["gt"], batch["type_id"]
+        patch = self.model.patch_size
+        h, w = lq.shape[-2:]
+        grid = (-(-h // patch), -(-w // patch))
+        keep = keep_maps(batch["index"].tolist(), grid, cfg.model.mask_ratio, cfg.train.seed).to(lq.device)
+        out = model(lq, keep=keep)
+        terms: dict[str, torch.Tensor] = {}
+        total = lq.new_zeros(())
+        loss = cfg.loss
+        if loss.w_rec > 0:
+            terms["loss/rec"] = masked_l1(out.reconstruction, gt, out.keep, loss.rec_region)
+            total = total + loss.w_rec * terms["loss/rec"]
+        if loss.w_cls > 0:
+            terms["loss/cls"] = focal_loss(out.logits, target, loss.focal_gamma)
+            total = total + loss.w_cls * terms["loss/cls"]
+        if loss.w_con > 0:
+            feats = gather_with_grad(out.features.float(), self.dist)
+            labels = gather_with_grad(target, self.dist) if self.dist.enabled else target
+            # SupCon per rank sums to the global-batch loss; DDP averages gradients over
+            # ranks, so scaling by the world size gives the single-process gradient.
+            con = supervised_contrastive_loss(
+                out.features, target, loss.temperature, feats, labels, anchor_offset=self.dist.rank * lq.shape[0]
+            ) * self.dist.world_size
+            terms["loss/con"] = con
+            total = total + loss.w_con * con
+        terms["loss/total"] = total
+        return StepOutput(total, terms, {"out": out})
+
+    def metrics(self, out: StepOutput, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        pred = out.extras["out"].logits.detach().argmax(dim=1)
+        if self.dist.is_main:
+            self._preds.append(pred.cpu().numpy())
+            self._targets.append(batch["type_id"].cpu().numpy())
+        return {"metrics/top1": (pred == batch["type_id"]).float().mean()}
+
+    def images(self, out: StepOutput, batch: dict[str, Any], logger: TensorBoardLogger, step: int) -> None:
+        o = out.extras["out"]
+        masked = batch["lq"] * mask_like(o.keep, batch["lq"])
+        grid = image_grid([batch["lq"], masked, o.reconstruction, batch["gt"]])
+        logger.image("images/lq_masked_reconstruction_gt", grid, step)
+        if self._preds:
+            from degradations import TYPE_NAMES
+
+            names = list(TYPE_NAMES) if self.cfg.model.num_classes == len(TYPE_NAMES) else [str(i) for i in range(self.cfg.model.num_classes)]
+            counts = confusion_matrix(np.concatenate(self._preds), np.concatenate(self._targets), self.cfg.model.num_classes)
+            logger.image("classification/confusion", render_confusion(counts, names), step, dataformats="HWC")
+            self._preds, self._targets = [], []
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def export(self, run_dir: Path) -> None:
+        export_encoder_weights(self.model, self.cfg, run_dir / "encoder.safetensors")
+
+
+def export_encoder_weights(model: nn.Module, cfg: PretrainConfig, path: Path) -> Path:
+    """The backbone's weights (what fine-tuning loads strictly into the dense restorer)."""
+    meta = {"format": "maskdcpt-encoder", "model_name": cfg.model.name, "model_kwargs": cfg.model.kwargs}
+    save_weights(model.backbone.state_dict(), path, meta)
+    return path
+
+
+def build_loader_factory(cfg: PretrainConfig, dist: DistInfo):
+    from ..data.loader import build_train_loader
+
+    per_rank = cfg.train.batch_size // dist.world_size
+
+    def make(start_step: int):
+        return build_train_loader(
+            cfg.data, seed=cfg.train.seed, batch_size=per_rank, rank=dist.rank, world_size=dist.world_size,
+            num_workers=cfg.data.num_workers, start_step=start_step,
+        )
+
+    return make
+
+
+def run_pretraining(cfg: PretrainConfig, resume: bool | str = "auto") -> dict[str, Any]:
+    """A complete pre-training run in ``run_dir(cfg)``; resumes from its last checkpoint."""
+    validate(cfg)
+    device = resolve_device(cfg.train.device)
+    dist = init_distributed(device.type)
+    try:
+        torch.manual_seed(cfg.train.seed)  # model initialisation
+        out_dir = run_dir(cfg)
+        if dist.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out_dir / "config.yaml")
+        task = PretrainTask(cfg, dist)
+        trainer = Trainer(task, cfg.train, cfg.optim, out_dir, build_loader_factory(cfg, dist), dist)
+        if dist.is_main:
+            print(f"run folder: {out_dir.resolve()}", flush=True)
+        metrics = trainer.fit(resume)
+        if dist.is_main:
+            print(f"done at step {metrics['step']}: {out_dir.resolve()} (tensorboard --logdir {out_dir / 'tensorboard'})", flush=True)
+        return metrics
+    finally:
+        cleanup_distributed()

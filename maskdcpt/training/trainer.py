@@ -1,0 +1,331 @@
+"""The step-based trainer shared by pre-training and fine-tuning.
+
+It owns the loop and everything around it (devices, DDP, mixed precision, accumulation,
+clipping, the schedule, non-finite losses, checkpoints, resume, progress bar, TensorBoard),
+and nothing of what is trained: a :class:`Task` says which module, which parameter groups
+and how a batch becomes a loss.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, Protocol
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from .checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
+from .distributed import DistInfo, all_reduce_mean, all_reduce_sum
+from .logging import TensorBoardLogger
+from .optim import OptimConfig, ParamGroup, build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 300
+    batch_size: int = 8  # global: summed over ranks and accumulation micro-steps
+    grad_accum: int = 1
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 10
+    image_every: int = 100
+    checkpoint_every: int = 50
+    keep_every: int = 0  # also keep step_XXXXXXX.ckpt every N steps (0: only last.ckpt)
+    max_bad_steps: int = 5  # this many non-finite losses in a row stop the run
+    progress: bool = True
+
+
+@dataclass
+class StepOutput:
+    """What a task's step returns: the loss to back-propagate, named terms to log (already
+    weighted or not, the task decides), and anything the task wants back for images/metrics."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    extras: dict[str, Any]
+
+
+class Task(Protocol):
+    model: nn.Module
+
+    def param_groups(self, optim: OptimConfig) -> list[ParamGroup]: ...
+
+    def step(self, model: nn.Module, batch: dict[str, Any], step: int) -> StepOutput: ...
+
+    def metrics(self, out: StepOutput, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
+
+    def images(self, out: StepOutput, batch: dict[str, Any], logger: TensorBoardLogger, step: int) -> None: ...
+
+    def after_step(self, step: int) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def export(self, run_dir: Path) -> None: ...
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but CUDA is not available")
+    return device
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _split(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+    if parts == 1:
+        return [batch]
+    n = next(v.shape[0] for v in batch.values() if torch.is_tensor(v))
+    if n % parts:
+        raise ValueError(f"per-rank batch {n} is not divisible by train.grad_accum={parts}")
+    size = n // parts
+    return [
+        {k: (v[i * size : (i + 1) * size] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items()}
+        for i in range(parts)
+    ]
+
+
+class Trainer:
+    """Runs ``task`` for ``cfg.max_steps`` optimiser steps, resuming from ``run_dir`` if it can."""
+
+    def __init__(
+        self,
+        task: Task,
+        cfg: TrainConfig,
+        optim: OptimConfig,
+        run_dir: str | Path,
+        make_loader: Callable[[int], Iterable[dict[str, Any]]],
+        dist_info: DistInfo = DistInfo(),
+        config_text: str = "",
+    ):
+        if cfg.batch_size % (dist_info.world_size * cfg.grad_accum):
+            raise ValueError(
+                f"train.batch_size={cfg.batch_size} must be divisible by world size {dist_info.world_size}"
+                f" × train.grad_accum {cfg.grad_accum}"
+            )
+        self.task, self.cfg, self.optim_cfg = task, cfg, optim
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.make_loader = make_loader
+        self.dist = dist_info
+        self.config_text = config_text
+        self.device = resolve_device(cfg.device)
+        self.autocast_dtype = None
+        if cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"):
+            self.autocast_dtype = torch.bfloat16
+
+        task.model.to(self.device)
+        self.optimizer = build_optimizer(task.param_groups(optim), optim)
+        self.scheduler = build_scheduler(self.optimizer, optim, cfg.max_steps)
+        self.model: nn.Module = task.model
+        if dist_info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # A loss weight of 0 leaves parameters without gradient (e.g. no classification):
+            # DDP must then look for unused parameters instead of waiting for them.
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=getattr(task, "has_unused_parameters", False)
+            )
+        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.step = 0
+        self.bad_in_row = 0
+        self.skipped = 0
+        self.logger = TensorBoardLogger(self.run_dir / "tensorboard", enabled=dist_info.is_main)
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.task.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "task": self.task.state_dict(),
+            "rng": rng_state(),
+            "bad_in_row": self.bad_in_row,
+            "skipped": self.skipped,
+            "world_size": self.dist.world_size,
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        """Write last.ckpt (+ weights) atomically; rank 0 only. Returns the path written."""
+        if not self.dist.is_main:
+            return None
+        path = self.ckpt_dir / "last.ckpt"
+        save_state(self.state_dict(), path)
+        save_weights(self.task.model.state_dict(), self.ckpt_dir / "last.safetensors", {"step": self.step})
+        if self.cfg.keep_every and self.step % self.cfg.keep_every == 0:
+            save_state(self.state_dict(), self.ckpt_dir / f"step_{self.step:07d}.ckpt")
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        state = load_state(path)
+        missing = [k for k in ("step", "model", "optimizer", "scheduler") if k not in state]
+        if missing:
+            raise ValueError(f"checkpoint {str(path)!r} lacks {missing}: not a maskdcpt training checkpoint")
+        self.task.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.task.load_state_dict(state.get("task", {}))
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.bad_in_row = int(state.get("bad_in_row", 0))
+        self.skipped = int(state.get("skipped", 0))
+
+    def maybe_resume(self, resume: bool | str) -> None:
+        """resume: "auto" (from run_dir/checkpoints/last.ckpt if present), True (must exist),
+        False (start fresh), or a checkpoint path."""
+        if resume is False:
+            return
+        path = self.ckpt_dir / "last.ckpt" if resume in (True, "auto") else Path(resume)
+        if path.is_file():
+            self.load_checkpoint(path)
+            if self.dist.is_main:
+                print(f"resumed from {path} at step {self.step}", flush=True)
+        elif resume != "auto":
+            raise ValueError(f"resume: no checkpoint at {str(path)!r}")
+
+    # ----------------------------------------------------------------- the loop
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _batches(self) -> Iterator[dict[str, Any]]:
+        yield from self.make_loader(self.step)
+
+    def fit(self, resume: bool | str = "auto") -> dict[str, Any]:
+        self.maybe_resume(resume)
+        cfg = self.cfg
+        if self.step >= cfg.max_steps:
+            if self.dist.is_main:
+                print(f"run already finished at step {self.step} (train.max_steps={cfg.max_steps}): {self.run_dir}")
+            return self._final_metrics({})
+        bar = tqdm(
+            total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
+            desc="train", dynamic_ncols=True, smoothing=0.1,
+        )
+        batches = self._batches()
+        window: dict[str, list[float]] = {}
+        last_logged: dict[str, float] = {}
+        t_wait = t_total = 0.0
+        global_batch = cfg.batch_size
+        try:
+            while self.step < cfg.max_steps:
+                t0 = time.perf_counter()
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    raise RuntimeError(f"the data loader ran out at step {self.step}; it must be endless") from None
+                t1 = time.perf_counter()
+                logs = self._train_step(_to_device(batch, self.device))
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                t2 = time.perf_counter()
+                t_wait += t1 - t0
+                t_total += t2 - t0
+                for k, v in logs.items():
+                    window.setdefault(k, []).append(v)
+                self.step += 1
+                self.task.after_step(self.step)
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    last_logged = {k: sum(v) / len(v) for k, v in window.items()}
+                    last_logged["perf/samples_per_s"] = global_batch * len(next(iter(window.values()), [0])) / max(t_total, 1e-9)
+                    last_logged["perf/data_wait_fraction"] = t_wait / max(t_total, 1e-9)
+                    for i, g in enumerate(self.optimizer.param_groups):
+                        last_logged[f"lr/{g.get('name', i)}"] = g["lr"]
+                    last_logged["train/skipped_steps"] = float(self.skipped)
+                    self.logger.scalars(last_logged, self.step)
+                    bar.set_postfix(self._postfix(last_logged), refresh=False)
+                    window, t_wait, t_total = {}, 0.0, 0.0
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            self.logger.flush()
+        if self.dist.is_main:
+            self.task.export(self.run_dir)
+        metrics = self._final_metrics(last_logged)
+        self.logger.close()
+        return metrics
+
+    @staticmethod
+    def _postfix(logged: dict[str, float]) -> dict[str, str]:
+        out = {}
+        if "loss/total" in logged:
+            out["loss"] = f"{logged['loss/total']:.4f}"
+        if "metrics/top1" in logged:
+            out["acc"] = f"{logged['metrics/top1']:.2f}"
+        out["img/s"] = f"{logged.get('perf/samples_per_s', 0):.1f}"
+        return out
+
+    def _final_metrics(self, logged: dict[str, float]) -> dict[str, Any]:
+        metrics = {"step": self.step, "skipped_steps": self.skipped, **logged}
+        if self.dist.is_main:
+            path = self.run_dir / "metrics.json"
+            if logged or not path.exists():
+                path.write_text(json.dumps(metrics, indent=2))
+            else:
+                metrics = json.loads(path.read_text())
+        return metrics
+
+    def _train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        micro = _split(batch, cfg.grad_accum)
+        sums: dict[str, torch.Tensor] = {}
+        bad_term = None
+        for i, mb in enumerate(micro):
+            sync = isinstance(self.model, nn.parallel.DistributedDataParallel) and i < len(micro) - 1
+            with (self.model.no_sync() if sync else contextlib.nullcontext()):
+                with self._autocast():
+                    out = self.task.step(self.step_model, mb, self.step)
+                if bad_term is None and not torch.isfinite(out.loss.detach()):
+                    bad_term = next((k for k, v in out.terms.items() if not torch.isfinite(v.detach())), "total")
+                # Backward even when non-finite so every DDP rank runs the same collectives;
+                # the update is dropped below.
+                (out.loss / cfg.grad_accum).backward()
+            for k, v in {**out.terms, **self.task.metrics(out, mb)}.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / len(micro)
+        if self.dist.is_main and self.cfg.image_every and (self.step + 1) % self.cfg.image_every == 0:
+            self.task.images(out, micro[-1], self.logger, self.step + 1)
+
+        # Every rank must take the same decision, or DDP replicas drift apart.
+        flag = torch.tensor([0.0 if bad_term is None else 1.0], device=self.device)
+        if all_reduce_sum(flag, self.dist).item() > 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            self.bad_in_row += 1
+            term = bad_term or "on another rank"
+            log.warning("step %d: non-finite loss (%s); update skipped (%d in a row)", self.step, term, self.bad_in_row)
+            if self.bad_in_row >= cfg.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"stopping: the loss was non-finite for {self.bad_in_row} steps in a row, last at step {self.step}"
+                    f" in term {term!r} (train.max_bad_steps={cfg.max_bad_steps})"
+                )
+        else:
+            self.bad_in_row = 0
+            if self.optim_cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.task.model.parameters(), self.optim_cfg.grad_clip)
+            self.optimizer.step()
+        self.scheduler.step()
+        return {k: float(all_reduce_mean(v, self.dist)) if torch.is_tensor(v) else float(v) for k, v in sums.items()}

@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""MaskDCPT pre-training.
+
+    python tools/pretrain.py                                   # tiny NAFNet, embedded photos, CPU
+    python tools/pretrain.py --config configs/pretrain/nafnet_uir.yaml train.max_steps=20
+    python tools/pretrain.py model.name=restormer_tiny loss.w_con=0 --resume
+"""
+import argparse
+import sys
+
+from maskdcpt.training.pretrain import load_pretrain_config, run_pretraining
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (defaults: the tiny CPU run)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", nargs="?", const=True, default="auto", metavar="CKPT",
+                       help="resume from the run folder's last checkpoint (default: automatic if one exists) or CKPT")
+    group.add_argument("--no-resume", dest="resume", action="store_false", help="start fresh even if a checkpoint exists")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=20")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_pretrain_config(args.config, args.overrides)
+    except ValueError as err:
+        parser.error(str(err))
+    run_pretraining(cfg, resume=args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
