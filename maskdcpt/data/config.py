@@ -1,0 +1,79 @@
+"""Typed configuration of the training data: sources, crops, degradation engine, mixing."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class SourceConfig:
+    """One corpus in the mixture.
+
+    kind:    "synthetic" — clean images degraded on the fly by the engine;
+             "paired"    — LQ/GT folders of one degradation type (Rain13K, SIDD, GoPro, …).
+    root:    a folder to scan (a clean tree, or a pair tree with LQ and GT folders), or
+    index:   a saved corpus index (``tools/index_corpus.py``); an index with several sources
+             contributes one mixture source per indexed source (each with its own type id).
+    meta:    pair meta file (paired only; see ``maskdcpt.data.index.match_pairs``).
+    type:    degradation type name or id of a paired source (overrides the index's type id).
+    weight:  relative weight within its kind (synthetic / paired).
+    """
+
+    kind: Literal["synthetic", "paired"] = "synthetic"
+    root: str = ""
+    index: str = ""
+    meta: str = ""
+    type: str | int | None = None
+    weight: float = 1.0
+    name: str = ""
+
+
+@dataclass
+class DataConfig:
+    """The data path of pre-training.
+
+    sources:         empty → the embedded default (scikit-image's sample photos, synthetic).
+    crop_size:       side of the square training crops (pixels).
+    crops_per_image: crops taken from each decoded image (amortises decoding; a group of crops
+                     from one image stays in one batch when batch_size is a multiple of it).
+    min_size:        images with a side under this are skipped (0 → crop_size).
+    engine:          the degradation engine config (``degradations.EngineConfig`` keys).
+    schedule:        progressive mixing rows [step, synthetic, real], linear between rows,
+                     e.g. [[0, 100, 0], [50000, 20, 80]]; empty → constant source weights.
+    class_balanced:  paired sources: share each type's probability equally among types
+                     (then among the sources of a type by weight) instead of by weight alone.
+    num_workers:     DataLoader worker processes (the trainer passes it to build_train_loader).
+    """
+
+    sources: list[SourceConfig] = field(default_factory=list)
+    crop_size: int = 128
+    crops_per_image: int = 4
+    min_size: int = 0
+    engine: dict[str, Any] = field(default_factory=dict)
+    schedule: list[list[float]] = field(default_factory=list)
+    class_balanced: bool = True
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
+        if self.crop_size < 32:
+            raise ValueError(f"data.crop_size must be >= 32 (the engine's minimum), got {self.crop_size}")
+        if self.crops_per_image < 1:
+            raise ValueError(f"data.crops_per_image must be >= 1, got {self.crops_per_image}")
+        if self.min_size < 0:
+            raise ValueError(f"data.min_size must be >= 0, got {self.min_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        for i, src in enumerate(self.sources):
+            if bool(src.root) == bool(src.index):
+                raise ValueError(f"data.sources[{i}]: give exactly one of 'root' or 'index'")
+            if src.kind not in ("synthetic", "paired"):
+                raise ValueError(f"data.sources[{i}].kind must be 'synthetic' or 'paired', got {src.kind!r}")
+            if not src.weight >= 0:
+                raise ValueError(f"data.sources[{i}].weight must be >= 0, got {src.weight}")
+            if src.meta and src.kind != "paired":
+                raise ValueError(f"data.sources[{i}]: 'meta' applies to paired sources only")
+
+    @property
+    def effective_min_size(self) -> int:
+        return self.min_size or self.crop_size

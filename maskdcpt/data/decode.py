@@ -1,0 +1,127 @@
+"""Robust image reading: any common file → H×W×3 RGB array, or a typed skip with a reason.
+
+Conversions (never silent failures):
+- 16-bit images stay uint16 until a crop is taken (``to_float`` divides by 65535); float TIFFs
+  are clipped to [0, 1].
+- gray → the same value in R, G and B; palette / GIF → their RGB colours.
+- alpha → composited on **white**. Pixels under zero alpha often hold arbitrary colour (black,
+  or leftovers of an editor); compositing makes what the file *shows* the ground truth, and
+  white is the background every viewer draws. Dropping alpha would expose those hidden pixels.
+
+Files that cannot serve as training images raise :class:`SkipImage` with a short reason:
+``missing``, ``empty``, ``truncated``, ``undecodable``, ``too small (H×W < min)``.
+The data sets count these and name them in a log line; nothing is replaced without the count.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+class SkipImage(Exception):
+    """A file that cannot be used; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def _looks_truncated(data: bytes) -> bool:
+    """True for a JPEG without its end-of-image marker or a PNG without its IEND chunk."""
+    if data[:2] == b"\xff\xd8":
+        return b"\xff\xd9" not in data[-4096:]
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in data[-64:]
+    return False
+
+
+def _decode_with_pil(data: bytes) -> np.ndarray | None:
+    """Fallback for formats OpenCV's build lacks; returns RGB(A) or gray, or None."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if im.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            array = np.asarray(im)
+    except Exception:  # noqa: BLE001 — any decoder error means "undecodable"
+        return None
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        array = array[..., [2, 1, 0, 3][: array.shape[2]]]  # to OpenCV's BGR(A) order
+    return np.ascontiguousarray(array)
+
+
+def _to_rgb(array: np.ndarray) -> np.ndarray:
+    """OpenCV BGR / BGRA / gray / gray+alpha → RGB, alpha composited on white."""
+    if array.dtype not in (np.uint8, np.uint16, np.float32):
+        if array.dtype == np.float64:
+            array = array.astype(np.float32)
+        else:
+            raise ValueError(f"unsupported pixel type {array.dtype}")
+    if array.dtype == np.float32:
+        array = np.clip(np.nan_to_num(array), 0.0, 1.0)
+    if array.ndim == 2:
+        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+    channels = array.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(array[..., 0], cv2.COLOR_GRAY2RGB)
+    if channels == 2:  # gray + alpha
+        array = np.concatenate([array[..., :1]] * 3 + [array[..., 1:]], axis=2)
+        channels = 4
+    if channels == 3:
+        return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    if channels == 4:
+        peak = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(array.dtype, 1.0)
+        rgb = array[..., 2::-1].astype(np.float32)
+        alpha = array[..., 3:4].astype(np.float32) / peak
+        out = rgb * alpha + peak * (1.0 - alpha)
+        if array.dtype == np.float32:
+            return np.ascontiguousarray(out)
+        return np.clip(out + 0.5, 0, peak).astype(array.dtype)
+    raise ValueError(f"unsupported channel count {channels}")
+
+
+def read_image(path: str, min_size: int = 1) -> np.ndarray:
+    """Read ``path`` → H×W×3 RGB, dtype uint8 / uint16 / float32 ([0, 1]); raises :class:`SkipImage`.
+
+    ``min_size``: images with a side under it are skipped as ``too small``.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise SkipImage(path, "missing") from None
+    except OSError as err:
+        raise SkipImage(path, f"unreadable ({err.strerror})") from None
+    if not data:
+        raise SkipImage(path, "empty")
+    if _looks_truncated(data):
+        raise SkipImage(path, "truncated")
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        array = _decode_with_pil(data)
+    if array is None or array.size == 0:
+        raise SkipImage(path, "undecodable")
+    try:
+        rgb = _to_rgb(array)
+    except ValueError as err:
+        raise SkipImage(path, str(err)) from None
+    h, w = rgb.shape[:2]
+    if h < min_size or w < min_size:
+        raise SkipImage(path, f"too small ({h}x{w} < {min_size})")
+    return rgb
+
+
+def to_float(array: np.ndarray) -> np.ndarray:
+    """uint8 / uint16 / float32 image (a crop, ideally) → contiguous float32 in [0, 1]."""
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array, dtype=np.float32) / np.float32(255.0)
+    if array.dtype == np.uint16:
+        return np.ascontiguousarray(array, dtype=np.float32) / np.float32(65535.0)
+    if array.dtype == np.float32:
+        return np.ascontiguousarray(array)
+    raise ValueError(f"to_float: unsupported dtype {array.dtype}")

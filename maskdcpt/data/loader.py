@@ -1,0 +1,131 @@
+"""The training loader: an endless, resumable stream of batches for a step-based trainer."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .config import DataConfig
+from .mixture import Mixture, build_mixture
+from .sampler import MixtureSampler
+from .schedule import MixingSchedule
+
+log = logging.getLogger(__name__)
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Samples → a batch: lq/gt (B, 3, H, W) float32 in [0, 1], type_id/source int64 (B,),
+    level float32 (B,) (-1 for real pairs), params list of JSON strings, key int64 (B, 4)
+    = (source, epoch, item, crop), skipped: list of "path: reason" met while building it."""
+    return {
+        "lq": torch.from_numpy(np.stack([s["lq"] for s in samples])),
+        "gt": torch.from_numpy(np.stack([s["gt"] for s in samples])),
+        "type_id": torch.tensor([s["type_id"] for s in samples], dtype=torch.int64),
+        "level": torch.tensor([s["level"] for s in samples], dtype=torch.float32),
+        "source": torch.tensor([s["source"] for s in samples], dtype=torch.int64),
+        "params": [s["params"] for s in samples],
+        "key": torch.tensor([s["key"] for s in samples], dtype=torch.int64),
+        "skipped": [entry for s in samples for entry in s["skipped"]],
+    }
+
+
+def _worker_init(worker_id: int) -> None:
+    # One thread per worker: the workers are the parallelism; nested pools only oversubscribe.
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+class TrainLoader:
+    """Iterates batches ``step, step + 1, …`` forever; batch k depends only on (seed, k, rank).
+
+    ``step``: the next step to be yielded (= batches consumed). ``state_dict()`` /
+    ``load_state_dict()`` carry it; constructing with ``start_step=k`` is equivalent.
+    ``skipped``: bad-file events so far; ``skipped_files``: {path: reason}. Once per loader
+    epoch (one pass over every source's items × crops, counted in global samples) the files
+    skipped during it are named in one log line.
+    """
+
+    def __init__(self, mixture: Mixture, sampler_args: dict[str, Any], *, num_workers: int, start_step: int,
+                 pin_memory: bool = False):
+        self.mixture = mixture
+        self.dataset = mixture.dataset
+        self._sampler_args = sampler_args
+        self.num_workers = int(num_workers)
+        self.pin_memory = pin_memory
+        self.step = int(start_step)
+        self.skipped = 0
+        self.skipped_files: dict[str, str] = {}
+        self._epoch_skips: dict[str, str] = {}
+        self.sampler = self._make_sampler(self.step)
+        self._epoch = self.epoch_of(self.step)
+
+    def _make_sampler(self, start_step: int) -> MixtureSampler:
+        return MixtureSampler(**self._sampler_args, start_step=start_step)
+
+    def epoch_of(self, step: int) -> int:
+        """Loader epoch containing ``step`` (in global samples over all ranks)."""
+        s = self.sampler
+        return (step * s.world_size * s.batch_size) // s.epoch_samples
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.sampler = self._make_sampler(self.step)
+        loader = DataLoader(
+            self.dataset, batch_sampler=self.sampler, num_workers=self.num_workers, collate_fn=collate,
+            worker_init_fn=_worker_init if self.num_workers else None, pin_memory=self.pin_memory,
+            prefetch_factor=4 if self.num_workers else None, persistent_workers=False,
+        )
+        for batch in loader:
+            self._account(batch.pop("skipped"))
+            self.step += 1
+            yield batch
+
+    def _account(self, skipped: list[str]) -> None:
+        epoch = self.epoch_of(self.step)
+        if epoch != self._epoch:
+            self.log_skips()
+            self._epoch = epoch
+        for entry in skipped:
+            path, _, reason = entry.rpartition(": ")
+            self.skipped += 1
+            self.skipped_files[path] = reason
+            self._epoch_skips[path] = reason
+
+    def log_skips(self) -> None:
+        """Log (once) the files skipped in the current loader epoch, then start a new tally."""
+        if self._epoch_skips:
+            names = ", ".join(f"{p} ({r})" for p, r in sorted(self._epoch_skips.items()))
+            log.warning("data epoch %d: skipped %d unusable file(s): %s", self._epoch, len(self._epoch_skips), names)
+        self._epoch_skips = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.skipped = int(state.get("skipped", 0))
+        self._epoch = self.epoch_of(self.step)
+
+    def probabilities(self, step: int) -> np.ndarray:
+        """Source probabilities at ``step`` (for logging the mixing schedule)."""
+        return self.sampler.probabilities(step)
+
+
+def build_train_loader(cfg: DataConfig, *, seed: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                       num_workers: int = 0, start_step: int = 0, pin_memory: bool = False) -> TrainLoader:
+    """The trainer's batch stream for this rank. See :func:`collate` for the batch layout.
+
+    Resuming: ``start_step=k`` yields exactly the batches k, k+1, … that an uninterrupted
+    loader yields at those steps (every draw is a function of seed and global position).
+    """
+    mixture = build_mixture(cfg, seed)
+    schedule = MixingSchedule.from_ratios(cfg.schedule) if cfg.schedule else None
+    sampler_args = dict(
+        sizes=mixture.sizes, kinds=mixture.kinds, weights=mixture.weights, seed=seed, batch_size=batch_size,
+        crops_per_image=cfg.crops_per_image, rank=rank, world_size=world_size, schedule=schedule,
+    )
+    return TrainLoader(mixture, sampler_args, num_workers=num_workers, start_step=start_step, pin_memory=pin_memory)

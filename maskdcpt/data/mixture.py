@@ -1,0 +1,135 @@
+"""A mixture of sources built from a :class:`DataConfig`, with class-balanced paired weights."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from torch.utils.data import Dataset
+
+from degradations import TYPE_IDS, TYPE_NAMES, DegradationEngine
+
+from .config import DataConfig, SourceConfig
+from .default import default_index
+from .index import CorpusIndex
+from .paired import PairedSource
+from .source import CroppingSource
+from .synthetic import SyntheticSource
+
+
+class MixtureDataset(Dataset):
+    """Map-style data set whose keys are (source, epoch, item, crop) tuples from the sampler."""
+
+    def __init__(self, sources: Sequence[CroppingSource]):
+        self.sources = list(sources)
+
+    def __getitem__(self, key: tuple[int, int, int, int]) -> dict[str, Any]:
+        source = int(key[0])
+        if not 0 <= source < len(self.sources):
+            raise IndexError(f"source {source} out of range for {len(self.sources)} sources")
+        return self.sources[source].sample(key)
+
+    def __len__(self) -> int:  # one pass over every source's items (crops not counted)
+        return sum(len(s) for s in self.sources)
+
+    @property
+    def decodes(self) -> int:
+        """Files decoded by this process (the cache makes it less than the samples served)."""
+        return sum(s.decodes for s in self.sources)
+
+
+@dataclass
+class Mixture:
+    dataset: MixtureDataset
+    kinds: list[str]
+    weights: list[float]
+    type_ids: list[int]  # -1 for synthetic sources (the engine draws the type per sample)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(s) for s in self.dataset.sources]
+
+
+def type_id_of(value: str | int | None) -> int | None:
+    """A type name or id → id (validated against the fixed table; no implementation needed)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and not value.lstrip("-").isdigit():
+        if value not in TYPE_IDS:
+            raise ValueError(f"unknown degradation type {value!r}; valid: {', '.join(TYPE_NAMES)}")
+        return TYPE_IDS[value]
+    tid = int(value)
+    if not 0 <= tid < len(TYPE_NAMES):
+        raise ValueError(f"degradation type id {tid} out of range 0..{len(TYPE_NAMES) - 1}")
+    return tid
+
+
+def class_balanced_weights(type_ids: Sequence[int], weights: Sequence[float]) -> list[float]:
+    """Paired-source weights giving every present type the same total share.
+
+    Within a type, sources share its share in proportion to their own weights. Entries with
+    type id -1 (synthetic) keep their weight: the engine's type weights balance those.
+    """
+    out = [float(w) for w in weights]
+    totals: dict[int, float] = {}
+    for tid, w in zip(type_ids, weights):
+        if tid >= 0:
+            totals[tid] = totals.get(tid, 0.0) + float(w)
+    present = [t for t, total in totals.items() if total > 0]
+    for i, (tid, w) in enumerate(zip(type_ids, weights)):
+        if tid >= 0:
+            out[i] = float(w) / totals[tid] / len(present) if totals[tid] > 0 else 0.0
+    return out
+
+
+def _indices_of(src: SourceConfig, position: int) -> list[tuple[CorpusIndex, str]]:
+    """(index view, name) per indexed source of one configured source."""
+    if src.index:
+        full = CorpusIndex.load(src.index)
+    else:
+        meta = [src.meta or None]
+        full = CorpusIndex.build([src.root], metas=meta, names=[src.name] if src.name else None)
+    views = []
+    for sid, info in enumerate(full.sources):
+        if len(info):
+            views.append((full.source_view(sid), src.name or info.name or f"source{position}.{sid}"))
+    if not views:
+        raise ValueError(f"data.sources[{position}]: no images in {src.index or src.root!r}")
+    return views
+
+
+def build_mixture(cfg: DataConfig, seed: int) -> Mixture:
+    """Every configured source (or the embedded default) as one :class:`MixtureDataset`."""
+    engine = None
+    sources: list[CroppingSource] = []
+    kinds: list[str] = []
+    weights: list[float] = []
+    type_ids: list[int] = []
+    configured = cfg.sources or [None]
+    for position, src in enumerate(configured):
+        if src is None:
+            views, kind, weight, declared = [(default_index(), "skimage-default")], "synthetic", 1.0, None
+        else:
+            views, kind, weight, declared = _indices_of(src, position), src.kind, src.weight, type_id_of(src.type)
+        total_items = sum(len(v) for v, _ in views)
+        for view, name in views:
+            sid = len(sources)
+            common = dict(source_id=sid, seed=seed, crop_size=cfg.crop_size, min_size=cfg.effective_min_size, name=name)
+            if kind == "synthetic":
+                if engine is None:
+                    engine = DegradationEngine(cfg.engine)
+                sources.append(SyntheticSource(view, engine, **common))
+                # several indexed sources of one synthetic entry act as one corpus
+                weights.append(weight * len(view) / total_items)
+                type_ids.append(-1)
+            else:
+                tid = declared if declared is not None else int(view.type_id[0])
+                if tid < 0:
+                    raise ValueError(f"data.sources[{position}] ({name}): a paired source needs its degradation "
+                                     "'type' (name or id), in the config or the index")
+                sources.append(PairedSource(view, tid, **common))
+                weights.append(weight)
+                type_ids.append(tid)
+            kinds.append(kind)
+    if cfg.class_balanced:
+        weights = class_balanced_weights(type_ids, weights)
+    return Mixture(MixtureDataset(sources), kinds, weights, type_ids)

@@ -1,0 +1,49 @@
+"""Paired sources: LQ/GT folders of one declared degradation type (Rain13K, SIDD, GoPro, …)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .augment import crop_and_transform, draw_geometry
+from .decode import SkipImage
+from .index import CorpusIndex
+from .source import CroppingSource
+
+UNKNOWN_LEVEL = -1.0  # real pairs carry no engine level
+
+
+class PairedSource(CroppingSource):
+    """Aligned LQ/GT pairs; the same crop window and flip/rot90 are applied to both.
+
+    ``sample(key)`` → lq, gt (3, S, S) float32 in [0, 1], ``type_id`` (declared), level -1.
+    A pair whose LQ and GT sizes differ is skipped like an unreadable file.
+    """
+
+    def __init__(self, index: CorpusIndex, type_id: int, *, source_id: int, seed: int, crop_size: int = 128,
+                 min_size: int = 0, name: str = "paired"):
+        super().__init__(index, source_id=source_id, seed=seed, crop_size=crop_size, min_size=min_size, name=name)
+        if index.sources[int(index.source[0])].kind != "paired":
+            raise ValueError(f"paired source {name!r}: its index holds clean images, not LQ/GT folders")
+        if not 0 <= int(type_id):
+            raise ValueError(f"paired source {name!r}: declare its degradation type (got type id {type_id})")
+        self.type_id = int(type_id)
+
+    def _read(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        gt = self.read_checked(self.index.path(item))
+        lq_path = self.index.lq_path(item)
+        lq = self.read_checked(lq_path)
+        if lq.shape != gt.shape:
+            raise SkipImage(lq_path, f"LQ size {lq.shape[1]}x{lq.shape[0]} differs from GT {gt.shape[1]}x{gt.shape[0]}")
+        return lq, gt
+
+    def sample(self, key: tuple[int, int, int, int]) -> dict[str, Any]:
+        _, epoch, item, crop = (int(v) for v in key)
+        skipped: list[str] = []
+        used, (lq, gt) = self.load(epoch, item, skipped)
+        top, left, k = draw_geometry(self.geometry_rng(epoch, item, crop), gt.shape[0], gt.shape[1], self.crop_size)
+        lq_crop = self.to_chw(crop_and_transform(lq, top, left, self.crop_size, k))
+        gt_crop = self.to_chw(crop_and_transform(gt, top, left, self.crop_size, k))
+        params = {"pair": self.index.relpath(used), "source": self.name}
+        return self.record(lq_crop, gt_crop, self.type_id, UNKNOWN_LEVEL, self.source_id, params,
+                           (self.source_id, epoch, item, crop), skipped)
