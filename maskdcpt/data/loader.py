@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Samples → a batch: lq/gt (B, 3, H, W) float32 in [0, 1], type_id/source int64 (B,),
     level float32 (B,) (-1 for real pairs), params list of JSON strings, key int64 (B, 4)
-    = (source, epoch, item, crop), skipped: list of "path: reason" met while building it."""
+    = (source, epoch, item, crop), index int64 (B,) = global sample position (unique over ranks
+    and steps), skipped: list of "path: reason" met while building it."""
     return {
         "lq": torch.from_numpy(np.stack([s["lq"] for s in samples])),
         "gt": torch.from_numpy(np.stack([s["gt"] for s in samples])),
@@ -28,6 +29,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "source": torch.tensor([s["source"] for s in samples], dtype=torch.int64),
         "params": [s["params"] for s in samples],
         "key": torch.tensor([s["key"] for s in samples], dtype=torch.int64),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
         "skipped": [entry for s in samples for entry in s["skipped"]],
     }
 

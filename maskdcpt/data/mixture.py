@@ -17,12 +17,12 @@ from .synthetic import SyntheticSource
 
 
 class MixtureDataset(Dataset):
-    """Map-style data set whose keys are (source, epoch, item, crop) tuples from the sampler."""
+    """Map-style data set whose keys are (source, epoch, item, crop, position) from the sampler."""
 
     def __init__(self, sources: Sequence[CroppingSource]):
         self.sources = list(sources)
 
-    def __getitem__(self, key: tuple[int, int, int, int]) -> dict[str, Any]:
+    def __getitem__(self, key: tuple[int, ...]) -> dict[str, Any]:
         source = int(key[0])
         if not 0 <= source < len(self.sources):
             raise IndexError(f"source {source} out of range for {len(self.sources)} sources")

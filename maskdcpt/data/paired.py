@@ -37,8 +37,8 @@ class PairedSource(CroppingSource):
             raise SkipImage(lq_path, f"LQ size {lq.shape[1]}x{lq.shape[0]} differs from GT {gt.shape[1]}x{gt.shape[0]}")
         return lq, gt
 
-    def sample(self, key: tuple[int, int, int, int]) -> dict[str, Any]:
-        _, epoch, item, crop = (int(v) for v in key)
+    def sample(self, key: tuple[int, ...]) -> dict[str, Any]:
+        _, epoch, item, crop, position = (int(v) for v in key)
         skipped: list[str] = []
         used, (lq, gt) = self.load(epoch, item, skipped)
         top, left, k = draw_geometry(self.geometry_rng(epoch, item, crop), gt.shape[0], gt.shape[1], self.crop_size)
@@ -46,4 +46,4 @@ class PairedSource(CroppingSource):
         gt_crop = self.to_chw(crop_and_transform(gt, top, left, self.crop_size, k))
         params = {"pair": self.index.relpath(used), "source": self.name}
         return self.record(lq_crop, gt_crop, self.type_id, UNKNOWN_LEVEL, self.source_id, params,
-                           (self.source_id, epoch, item, crop), skipped)
+                           (self.source_id, epoch, item, crop), position, skipped)

@@ -14,8 +14,10 @@ stream: the c-th group that chose s takes item ``perm(seed, s, c // N_s)[c % N_s
 each source's items are covered once per source epoch, and since ranks partition the global
 positions, the union over ranks covers every sample of an epoch once and none twice.
 
-Key = (source, epoch, item, crop): the data set derives every random draw of the sample
-(crop window, flip/rot90, degradation) from (seed, source, epoch, item, crop).
+Key = (source, epoch, item, crop, position): the data set derives every random draw of the
+sample (crop window, flip/rot90, degradation) from (seed, source, epoch, item, crop); the
+position is the sample's global index (the same for any number of ranks at a fixed global
+batch), which the trainer uses to seed per-sample masks.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from degradations.sampling import make_rng
 
 from .schedule import MixingSchedule
 
-SampleKey = tuple[int, int, int, int]  # (source, epoch, item, crop)
+SampleKey = tuple[int, int, int, int, int]  # (source, epoch, item, crop, global position)
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -150,7 +152,7 @@ class MixtureSampler:
         group, crop = divmod(int(position), self.crops)
         source, count = self.group_source_count(group)
         epoch, j = divmod(count, self.sizes[source])
-        return source, epoch, int(self.permutation(source, epoch)[j]), crop
+        return source, epoch, int(self.permutation(source, epoch)[j]), crop, int(position)
 
     # ---- batches --------------------------------------------------------------------
     def positions(self, step: int) -> range:

@@ -92,11 +92,11 @@ class CroppingSource:
 
     @staticmethod
     def record(lq: np.ndarray, gt: np.ndarray, type_id: int, level: float, source_id: int, params: dict,
-               key: tuple[int, int, int, int], skipped: list[str]) -> dict[str, Any]:
+               key: tuple[int, int, int, int], position: int, skipped: list[str]) -> dict[str, Any]:
         """One sample as the collate function expects it (arrays (3, H, W) float32 in [0, 1])."""
         return {
             "lq": lq, "gt": gt, "type_id": int(type_id), "level": float(level), "source": int(source_id),
-            "params": json.dumps(params, sort_keys=True, default=_json_default), "key": key, "skipped": skipped,
+            "params": json.dumps(params, sort_keys=True, default=_json_default), "key": key, "index": int(position), "skipped": skipped,
         }
 
 

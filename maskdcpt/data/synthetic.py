@@ -31,8 +31,8 @@ class SyntheticSource(CroppingSource):
     def _read(self, item: int) -> np.ndarray:
         return self.read_checked(self.index.path(item))
 
-    def sample(self, key: tuple[int, int, int, int]) -> dict[str, Any]:
-        _, epoch, item, crop = (int(v) for v in key)
+    def sample(self, key: tuple[int, ...]) -> dict[str, Any]:
+        _, epoch, item, crop, position = (int(v) for v in key)
         skipped: list[str] = []
         _, image = self.load(epoch, item, skipped)
         # Seeds use the *requested* item, so two items that fall back on the same substitute
@@ -42,4 +42,4 @@ class SyntheticSource(CroppingSource):
         out = self.engine.sample(gt, (self.seed, self.source_id, epoch, item, crop, _DEGRADE_TAG))
         params = dict(out.params, type=out.type_name)
         return self.record(np.ascontiguousarray(out.lq.transpose(2, 0, 1)), np.ascontiguousarray(gt.transpose(2, 0, 1)),
-                           out.type_id, out.level, self.source_id, params, (self.source_id, epoch, item, crop), skipped)
+                           out.type_id, out.level, self.source_id, params, (self.source_id, epoch, item, crop), position, skipped)
