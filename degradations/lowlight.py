@@ -1,1 +1,61 @@
-"""(being written)"""
+"""Type 12 ``low_light``: darkening I = β·(α·B)^γ (Lv et al.) with Poisson-Gaussian noise in linear light."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from .noise import add_heteroscedastic_noise
+from .registry import register
+from .sampling import lerp, uniform
+
+DISPLAY_GAMMA = 2.2  # sRGB ↔ linear light, the usual power-law approximation
+
+
+def darken(image: np.ndarray, alpha: float, beta: float, gamma: float) -> np.ndarray:
+    """β·(α·B)^γ on an (H, W, 3) image in [0, 1] (Lv et al.'s low-light synthesis). float32 in [0, β]."""
+    scale = np.float32(beta * alpha**gamma)
+    out = np.power(np.clip(image, 0.0, 1.0), np.float32(gamma), dtype=np.float32)
+    out *= scale
+    return out
+
+
+def darken_linear(image: np.ndarray, alpha: float, beta: float, gamma: float) -> np.ndarray:
+    """``darken`` followed by sRGB → linear light, fused into a single power: (β α^γ)^2.2 · B^(2.2 γ)."""
+    scale = np.float32((beta * alpha**gamma) ** DISPLAY_GAMMA)
+    out = np.power(np.clip(image, 0.0, 1.0), np.float32(gamma * DISPLAY_GAMMA), dtype=np.float32)
+    out *= scale
+    return out
+
+
+def linear_to_display(linear: np.ndarray) -> np.ndarray:
+    """Linear light → display values in [0, 1] (clipped, power 1/2.2). float32."""
+    out = np.clip(linear, 0.0, 1.0).astype(np.float32, copy=False)
+    return np.power(out, np.float32(1.0 / DISPLAY_GAMMA), out=out)
+
+
+DEFAULT_RANGES = {
+    "gamma": [1.5, 5.0],  # darkening exponent γ, level 0 → 1
+    "alpha": [0.9, 1.0],  # drawn uniformly
+    "beta": [0.5, 1.0],  # drawn uniformly
+    "shot_noise": [1e-4, 1e-2],  # linear-light shot-noise factor, drawn log-uniformly
+    "read_noise": [1e-7, 1e-4],  # linear-light read-noise variance, drawn log-uniformly
+}
+
+
+@register("low_light", ranges=DEFAULT_RANGES)
+def low_light(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapping[str, Any]):
+    """γ rises with ``level``; α, β and the sensor noise are random (drawn independently of the level).
+
+    The noise is added after darkening in linear light, so its visibility grows as the image gets
+    darker: the signal-to-noise ratio falls as a real sensor's does when light is scarce.
+    """
+    alpha = uniform(rng, ranges["alpha"])
+    beta = uniform(rng, ranges["beta"])
+    shot = math.exp(uniform(rng, [math.log(v) for v in ranges["shot_noise"]]))
+    read = math.exp(uniform(rng, [math.log(v) for v in ranges["read_noise"]]))
+    gamma = lerp(ranges["gamma"], level)
+    dark = add_heteroscedastic_noise(darken_linear(image, alpha, beta, gamma), shot, read, rng)
+    params = {"alpha": alpha, "beta": beta, "gamma": gamma, "shot_noise": shot, "read_noise": read}
+    return linear_to_display(dark), params

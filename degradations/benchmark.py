@@ -1,0 +1,108 @@
+"""Speed of every degradation type on one CPU core: ``python tools/benchmark.py degradations --size 128``.
+
+Each type runs on real photo crops (scikit-image's sample photos) at random levels and seeds; the table
+gives the median and mean milliseconds per sample, and the mix line the expected cost per sample of the
+uniform mix over all types (the mean of the per-type means: a mix draws each type equally often).
+Other processes on the machine only slow it down, so the figures are upper bounds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from .registry import TYPE_NAMES, all_types
+from .sampling import make_rng
+from .samples import sample_photos
+
+
+def _pin_to_one_core() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import cv2
+
+    cv2.setNumThreads(1)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    if hasattr(os, "sched_setaffinity"):
+        allowed = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {allowed[0]})
+
+
+def _crops(size: int, count: int, seed: int) -> list[np.ndarray]:
+    photos = [p for _, p in sample_photos()]
+    rng = make_rng(seed)
+    crops = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        if h < size or w < size:
+            raise ValueError(f"benchmark: --size {size} is larger than a sample photo ({h}×{w})")
+        y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+        crops.append(np.ascontiguousarray(photo[y : y + size, x : x + size], dtype=np.float32) / 255.0)
+    return crops
+
+
+def measure(size: int, runs: int, seed: int = 0) -> dict:
+    """Per-type median and mean ms per sample over ``runs`` samples of size×size."""
+    crops = _crops(size, 8, seed)
+    rng = make_rng((seed, size))
+    median, mean = {}, {}
+    for spec in all_types():
+        ranges = dict(spec.ranges)
+        spec.fn(crops[0].copy(), 0.5, make_rng(0), ranges)  # warm-up: imports, caches
+        times = []
+        for i in range(runs):
+            image = crops[i % len(crops)].copy()
+            level = float(rng.random())
+            sample_rng = make_rng((seed, i))
+            start = time.perf_counter()
+            spec.fn(image, level, sample_rng, ranges)
+            times.append((time.perf_counter() - start) * 1000.0)
+        median[spec.name] = statistics.median(times)
+        mean[spec.name] = statistics.fmean(times)
+    missing = [n for n in TYPE_NAMES if n not in median]
+    return {
+        "size": size,
+        "runs": runs,
+        "per_type_ms": median,
+        "per_type_mean_ms": mean,
+        "mix_mean_ms": statistics.fmean(mean.values()) if mean else float("nan"),
+        "missing_types": missing,
+    }
+
+
+def format_table(result: dict) -> str:
+    lines = [f"degradations on one core, {result['size']}×{result['size']}, {result['runs']} runs per type", ""]
+    lines.append(f"{'id':>3}  {'type':<28}{'median ms':>10}{'mean ms':>10}")
+    for name, ms in result["per_type_ms"].items():
+        lines.append(f"{TYPE_NAMES.index(name):>3}  {name:<28}{ms:>10.2f}{result['per_type_mean_ms'][name]:>10.2f}")
+    lines.append("")
+    lines.append(f"uniform mix over {len(result['per_type_ms'])} types: {result['mix_mean_ms']:.2f} ms per sample (mean)")
+    if result["missing_types"]:
+        lines.append(f"not implemented (left out of the mix): {', '.join(result['missing_types'])}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tools/benchmark.py degradations", description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128, help="square crop side in px (default 128)")
+    parser.add_argument("--runs", type=int, default=60, help="samples per type (default 60)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    if args.size < 32:
+        parser.error(f"--size must be at least 32, got {args.size}")
+    if args.runs < 1:
+        parser.error(f"--runs must be at least 1, got {args.runs}")
+    _pin_to_one_core()
+    result = measure(args.size, args.runs, args.seed)
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0

@@ -1,0 +1,210 @@
+"""Generic checks over every registered degradation type (whatever ``all_types()`` returns) and the engine."""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import hashlib
+
+import cv2
+import numpy as np
+import pytest
+
+from degradations import DegradationEngine, EngineConfig, TYPE_IDS, TYPE_NAMES, all_types, degrade, resolve
+from degradations.samples import sample_photos
+from degradations.sampling import make_rng
+
+TYPES = [t.name for t in all_types()]
+LEVELS = (0.0, 0.5, 1.0)
+SEEDS = range(5)
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    """An 80×80 crop of a real photo (cat fur and whiskers: fine texture and edges), float32 in [0, 1]."""
+    photos = dict(sample_photos())
+    image = photos["chelsea"][100:180, 200:280]
+    return image.astype(np.float32) / 255.0
+
+
+@pytest.fixture(scope="module")
+def texture() -> np.ndarray:
+    """128×128 textured image: slightly smoothed white noise, so its autocorrelation is a narrow peak."""
+    rng = np.random.default_rng(123)
+    base = rng.random((128, 128, 1), dtype=np.float32) * 0.6 + rng.random((128, 128, 3), dtype=np.float32) * 0.2
+    return np.clip(cv2.GaussianBlur(base, (0, 0), 1.0) * 1.6 - 0.25, 0.0, 1.0).astype(np.float32)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(-10 * np.log10(max(float(np.mean((a.astype(np.float64) - b) ** 2)), 1e-12)))
+
+
+def test_registry_covers_table_in_id_order():
+    assert TYPES, "no type registered"
+    assert [resolve(n).id for n in TYPES] == sorted(TYPE_IDS[n] for n in TYPES)
+    for name in TYPES:
+        assert resolve(TYPE_IDS[name]).name == name
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_shape_dtype_range_and_json_params(name, photo):
+    spec = resolve(name)
+    for level in LEVELS:
+        out, params = spec.fn(photo.copy(), level, make_rng(1), dict(spec.ranges))
+        assert out.shape == photo.shape, name
+        assert out.dtype == np.float32, f"{name} returned {out.dtype}"
+        assert np.isfinite(out).all(), name
+        assert json.loads(json.dumps(params)) == params, f"{name}: params are not JSON-serialisable"
+        sample = degrade(photo, name, level, seed=1)
+        assert sample.lq.dtype == np.float32 and sample.lq.min() >= 0.0 and sample.lq.max() <= 1.0
+        assert np.array_equal(sample.gt, photo), f"{name} modified the clean image"
+        assert not np.array_equal(sample.lq, photo), f"{name} at level {level} left the image unchanged"
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_severity_rises_with_level(name, photo):
+    means = [np.mean([psnr(degrade(photo, name, level, seed=s).lq, photo) for s in SEEDS]) for level in LEVELS]
+    assert means[0] > means[1] > means[2], f"{name}: mean PSNR by level {LEVELS} = {np.round(means, 2)}"
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_same_seed_same_sample(name, photo):
+    a = degrade(photo, name, 0.6, seed=(7, 1, 2))
+    b = degrade(photo, name, 0.6, seed=(7, 1, 2))
+    assert np.array_equal(a.lq, b.lq) and a.params == b.params
+    assert a.type_name == name and a.type_id == TYPE_IDS[name]
+
+
+def _correlation_window(clean: np.ndarray, degraded: np.ndarray, radius: int) -> np.ndarray:
+    """Circular cross-correlation of the luma of two images for offsets in [−radius, radius]²; [r, r] is 0."""
+    luma = np.array([0.299, 0.587, 0.114])
+    a = clean @ luma
+    b = degraded @ luma
+    a, b = a - a.mean(), b - b.mean()
+    corr = np.fft.ifft2(np.conj(np.fft.fft2(a)) * np.fft.fft2(b)).real
+    corr = np.fft.fftshift(corr)
+    c = np.array(corr.shape) // 2
+    return corr[c[0] - radius : c[0] + radius + 1, c[1] - radius : c[1] + radius + 1]
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_content_is_not_shifted(name, texture):
+    """The correlation of input and output peaks at zero offset and its centroid lies at zero.
+
+    The centroid is taken over the part of the correlation above 20 % of its peak (the rest is the
+    random background of a finite image). A centred but asymmetric motion kernel moves the peak of the
+    correlation to the kernel's mode while its centroid stays at zero (the correlation is the kernel
+    convolved with a symmetric autocorrelation), so motion blur is held to the centroid criterion only,
+    with a looser bound for the part of its kernel cut by the threshold.
+    """
+    radius = 16
+    offsets = np.arange(-radius, radius + 1)
+    bound = 0.5 if name == "motion_blur" else 0.3
+    for seed in range(3):
+        out = degrade(texture, name, 0.5, seed=seed).lq
+        window = _correlation_window(texture, out, radius)
+        core = np.clip(window - 0.2 * window.max(), 0, None)
+        total = core.sum()
+        centroid = (float((core.sum(1) * offsets).sum() / total), float((core.sum(0) * offsets).sum() / total))
+        assert abs(centroid[0]) < bound and abs(centroid[1]) < bound, f"{name} seed {seed}: centroid {centroid}"
+        if name != "motion_blur":
+            peak = np.unravel_index(np.argmax(window), window.shape)
+            assert peak == (radius, radius), f"{name} seed {seed}: correlation peaks at offset {np.subtract(peak, radius)}"
+
+
+def test_alignment_check_detects_a_one_pixel_shift(texture):
+    shifted = np.roll(texture, 1, axis=1)
+    window = _correlation_window(texture, shifted, 4)
+    assert np.subtract(np.unravel_index(np.argmax(window), window.shape), 4).tolist() == [0, 1]
+
+
+def test_no_global_rng_is_touched(photo):
+    np.random.seed(5)
+    random.seed(5)
+    np_state, py_state = np.random.get_state(), random.getstate()
+    engine = DegradationEngine(EngineConfig(types=TYPES))
+    for i, name in enumerate(TYPES):
+        engine.apply(photo, name, 0.7, seed=i)
+    for i in range(5):
+        engine.sample(photo, seed=(0, 0, i))
+    after = np.random.get_state()
+    assert all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(np_state, after))
+    assert random.getstate() == py_state
+
+
+def test_engine_respects_weights():
+    engine = DegradationEngine(EngineConfig(types=["noise", "jpeg"], weights={"noise": 3.0, "jpeg": 1.0}))
+    names = [engine.draw((0, 0, i))[0] for i in range(4000)]
+    share = names.count("noise") / len(names)
+    assert abs(share - 0.75) < 0.03, share
+    zero = DegradationEngine(EngineConfig(types=["noise", "jpeg"], weights={"jpeg": 0.0}))
+    assert {zero.draw(i)[0] for i in range(200)} == {"noise"}
+
+
+def test_engine_level_range_and_labels(photo):
+    engine = DegradationEngine(EngineConfig(types=["jpeg"], level_range=(0.2, 0.4)))
+    for i in range(20):
+        sample = engine.sample(photo, seed=(1, 2, i))
+        assert sample.type_name == "jpeg" and sample.type_id == TYPE_IDS["jpeg"]
+        assert 0.2 <= sample.level <= 0.4
+
+
+def test_engine_sample_is_deterministic(photo):
+    engine = DegradationEngine(EngineConfig(types=TYPES))
+    a, b = engine.sample(photo, seed=(3, 4, 5)), engine.sample(photo, seed=(3, 4, 5))
+    assert a.type_name == b.type_name and a.level == b.level and np.array_equal(a.lq, b.lq)
+
+
+_FRESH_PROCESS = """
+import hashlib, sys
+import numpy as np
+from degradations import degrade
+rng = np.random.default_rng(0)
+image = rng.random((48, 48, 3), dtype=np.float32)
+for name in sys.argv[1:]:
+    print(name, hashlib.sha256(degrade(image, name, 0.7, seed=(1, 2, 3)).lq.tobytes()).hexdigest())
+"""
+
+
+def test_determinism_across_processes():
+    names = [n for n in ("noise", "camera_noise", "motion_blur", "gaussian_blur", "downsample_noise_blur_jpeg") if n in TYPES]
+    result = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, *names], capture_output=True, text=True, check=True)
+    image = np.random.default_rng(0).random((48, 48, 3), dtype=np.float32)
+    expected = [f"{n} {hashlib.sha256(degrade(image, n, 0.7, seed=(1, 2, 3)).lq.tobytes()).hexdigest()}" for n in names]
+    assert result.stdout.split("\n")[: len(names)] == expected
+
+
+@pytest.mark.parametrize(
+    "image, fragment",
+    [
+        (np.zeros((64, 64), np.float32), "H×W×3"),
+        (np.zeros((64, 64, 4), np.float32), "H×W×3"),
+        (np.full((64, 64, 3), np.nan, np.float32), "NaN"),
+        (np.full((64, 64, 3), 2.0, np.float32), "[0, 1]"),
+        (np.zeros((16, 64, 3), np.float32), "minimum"),
+    ],
+)
+def test_bad_images_raise(image, fragment):
+    with pytest.raises(ValueError, match=__import__("re").escape(fragment)):
+        degrade(image, TYPES[0], 0.5)
+
+
+def test_bad_type_level_and_config_raise(photo):
+    with pytest.raises(ValueError, match="unknown degradation type 'blurry'"):
+        degrade(photo, "blurry", 0.5)
+    with pytest.raises(ValueError, match="unknown degradation type id 19"):
+        degrade(photo, 19, 0.5)
+    for level in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="level must lie in"):
+            degrade(photo, TYPES[0], level)
+    name = TYPES[0]
+    valid = sorted(resolve(name).ranges)
+    with pytest.raises(ValueError, match=f"unknown key 'no_such_knob'; valid keys: {', '.join(valid)}"):
+        EngineConfig(types=[name], params={name: {"no_such_knob": 1}})
+    with pytest.raises(ValueError, match="unknown key"):
+        degrade(photo, name, 0.5, no_such_knob=3)
+
+
+def test_every_name_in_table():
+    assert len(TYPE_NAMES) == 19 and TYPE_NAMES[18] == "downsample_noise_blur_jpeg"

@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""Degrade a folder of images and label every output: ``python tools/degrade.py --help``.
+
+A thin shell over :mod:`degradations.cli`.
+"""
+import sys
+
+from degradations.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
