@@ -379,39 +379,31 @@ class SwinIR(nn.Module):
 
 def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: SwinIR,
                          param_key: str = "params") -> dict[str, torch.Tensor]:
-    """Map a SwinIR checkpoint onto ``model``'s keys.
+    """Map a SwinIR checkpoint onto ``model``'s key names.
 
-    Accepts the release's layout and the original SwinIR's (``layers.i`` for all RSTBs, with
-    relative-position tables, their index buffers and shift masks, which the release removed).
-    Unwraps BasicSR's ``{'params': …, 'params_ema': …}`` (``param_key`` first, the other as
-    fallback; the release's SwinIR-5D config loads ``params``) and strips ``module.``.
-    Raises ValueError naming keys that are unknown to ``model`` or have the wrong shape.
+    The release's layout passes unchanged. The original SwinIR's layout (all RSTBs in one
+    ``layers`` list, plus relative-position tables, their index buffers and shift masks, which
+    the release removed) is renamed to ``encode_layers.i`` / ``decode_layers{i}`` and the removed
+    entries are dropped. Unwraps BasicSR's ``{'params': …, 'params_ema': …}`` (``param_key``
+    first, the other as fallback; the release's SwinIR-5D config loads ``params``) and strips
+    ``module.``. Keys that fit nothing pass through unchanged, so the loader
+    (``maskdcpt.models.checkpoint.load_pretrained``) can name them.
     """
-    if param_key in state_dict or {"params", "params_ema"} & set(state_dict):
-        other = "params_ema" if param_key == "params" else "params"
-        state_dict = state_dict[param_key] if param_key in state_dict else state_dict[other]
+    wrappers = [k for k in (param_key, "params", "params_ema") if k in state_dict]
+    if wrappers:
+        state_dict = state_dict[wrappers[0]]
     n_half = model.num_layers // 2
-    expected = model.state_dict()
     out: dict[str, torch.Tensor] = {}
-    unknown, wrong_shape = [], []
     for key, value in state_dict.items():
         if key.startswith("module."):
             key = key[len("module."):]
         if key.endswith(_REMOVED_KEY_SUFFIXES):
             continue
-        if key.startswith("layers."):  # original SwinIR: one ModuleList of all RSTBs
-            _, idx, rest = key.split(".", 2)
-            i = int(idx)
-            key = f"encode_layers.{i}.{rest}" if i < n_half else f"decode_layers{i - n_half}.{rest}"
-        if key not in expected:
-            unknown.append(key)
-        elif tuple(value.shape) != tuple(expected[key].shape):
-            wrong_shape.append(f"{key}: {tuple(value.shape)} vs model {tuple(expected[key].shape)}")
-        else:
-            out[key] = value
-    if unknown or wrong_shape:
-        raise ValueError(f"SwinIR checkpoint does not fit the model: unknown keys {unknown[:8]}"
-                         f"{'…' if len(unknown) > 8 else ''}; wrong shapes {wrong_shape[:8]}")
+        parts = key.split(".", 2)
+        if parts[0] == "layers" and len(parts) == 3 and parts[1].isdigit():  # original SwinIR
+            i = int(parts[1])
+            key = f"encode_layers.{i}.{parts[2]}" if i < n_half else f"decode_layers{i - n_half}.{parts[2]}"
+        out[key] = value
     return out
 
 
