@@ -1,1 +1,110 @@
-"""(being written)"""
+"""Haze (id 6): the atmospheric scattering model I = J·t + A·(1 − t), t = exp(−β·d).
+
+Without a depth network the depth d is a plausible stand-in built from three cues that hold for
+most outdoor photos: the top of the frame is farther (vertical ramp), depth varies smoothly
+(a low-resolution random field), and bright, low-texture regions are often sky (the image's own
+low-frequency luminance). d lies in [d_min, 1], so β is the optical thickness of the farthest point.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+
+from .registry import register
+from .sampling import log_lerp, uniform
+
+HAZE_RANGES: dict[str, Any] = {
+    # β at level 0 and at level 1 (geometric map), the farthest point has t = exp(−β).
+    "beta": [0.15, 2.8],
+    # relative jitter of β around its level value, so a level is not one fixed thickness
+    "beta_jitter": 0.1,
+    # airlight brightness, RESIDE: [0.7, 1.0]
+    "airlight": [0.7, 1.0],
+    # per-channel deviation of the airlight colour (a slightly blue or warm sky)
+    "airlight_tint": 0.04,
+    # nearest relative depth (bottom of the frame, dark foreground)
+    "depth_min": [0.1, 0.3],
+    # how much each depth cue weighs, each drawn in this range then normalised
+    "ramp_weight": [0.3, 1.0],
+    "field_weight": [0.1, 0.6],
+    "luminance_weight": [0.0, 0.5],
+}
+
+
+def smooth_random_field(shape: tuple[int, int], rng: np.random.Generator, cells: int) -> np.ndarray:
+    """A smooth field in [0, 1] of ``shape`` (H, W): random values on a coarse grid, bicubic-upsampled."""
+    h, w = shape
+    gh = max(2, round(cells * h / max(h, w)))
+    gw = max(2, round(cells * w / max(h, w)))
+    coarse = rng.random((gh, gw), dtype=np.float32)
+    field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    lo, hi = float(field.min()), float(field.max())
+    return (field - lo) / max(hi - lo, 1e-6)
+
+
+def low_frequency_luminance(image: np.ndarray, cells: int = 12) -> np.ndarray:
+    """The image's luminance (H, W) in [0, 1] with only its coarse structure kept."""
+    h, w = image.shape[:2]
+    luma = image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    gh, gw = max(2, round(cells * h / max(h, w))), max(2, round(cells * w / max(h, w)))
+    small = cv2.resize(luma, (gw, gh), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC).clip(0.0, 1.0)
+
+
+def plausible_depth(
+    image: np.ndarray, rng: np.random.Generator, ranges: Mapping[str, Any]
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Relative depth (H, W) in [depth_min, 1], far at the top, and the weights that made it."""
+    h, w = image.shape[:2]
+    weights = np.array(
+        [uniform(rng, ranges["ramp_weight"]), uniform(rng, ranges["field_weight"]),
+         uniform(rng, ranges["luminance_weight"])],
+        dtype=np.float32,
+    )
+    weights /= max(float(weights.sum()), 1e-6)
+    cells = int(rng.integers(3, 7))
+    d_min = uniform(rng, ranges["depth_min"])
+    ramp = np.linspace(1.0, 0.0, h, dtype=np.float32)[:, None]
+    field = smooth_random_field((h, w), rng, cells)
+    luma = low_frequency_luminance(image)
+    depth = weights[0] * ramp + weights[1] * field + weights[2] * luma
+    lo, hi = float(depth.min()), float(depth.max())
+    depth = d_min + (1.0 - d_min) * (depth - lo) / max(hi - lo, 1e-6)
+    info = {"depth_weights": [round(float(v), 4) for v in weights], "depth_cells": cells, "depth_min": d_min}
+    return depth.astype(np.float32), info
+
+
+def transmission(depth: np.ndarray, beta: float) -> np.ndarray:
+    """t = exp(−β·d) in (0, 1]; decreasing in β for every pixel."""
+    return np.exp(-np.float32(beta) * depth).astype(np.float32)
+
+
+def scatter(image: np.ndarray, t: np.ndarray, airlight: np.ndarray) -> np.ndarray:
+    """I = J·t + A·(1 − t): each pixel lies between the clean pixel and the airlight, per channel."""
+    t3 = t[..., None]
+    return image * t3 + airlight.astype(np.float32) * (1.0 - t3)
+
+
+@register("haze", ranges=HAZE_RANGES)
+def haze(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapping[str, Any]):
+    """Haze of thickness rising with ``level``. image: H×W×3 float32 in [0, 1]."""
+    # Draw every random quantity first, independent of the level, so one seed at rising levels
+    # gives the same scene with thicker haze.
+    depth, depth_info = plausible_depth(image, rng, ranges)
+    brightness = uniform(rng, ranges["airlight"])
+    tint = float(ranges["airlight_tint"])
+    airlight = np.clip(brightness + rng.uniform(-tint, tint, size=3), 0.0, 1.0).astype(np.float32)
+    jitter = float(ranges["beta_jitter"])
+    beta = log_lerp(ranges["beta"], level) * (1.0 + float(rng.uniform(-jitter, jitter)))
+    t = transmission(depth, beta)
+    out = scatter(image, t, airlight)
+    params = {
+        "beta": beta,
+        "airlight": [float(v) for v in airlight],
+        "transmission_min": float(t.min()),
+        "transmission_mean": float(t.mean()),
+        **depth_info,
+    }
+    return out, params
