@@ -104,7 +104,7 @@ def blend_rain(image: np.ndarray, rain: np.ndarray, mode: str) -> np.ndarray:
     """Blend a rain layer (H, W) in [0, 1] onto an image: both modes only brighten."""
     r = rain[..., None]
     if mode == "screen":
-        return 1.0 - (1.0 - image) * (1.0 - r)
+        return image + r * (1.0 - image)  # = 1 − (1 − B)(1 − R), exact where R = 0
     if mode == "add":
         return np.minimum(image + r, 1.0)
     raise ValueError(f"rain_streaks: blend must be 'screen' or 'add', got {mode!r}")
