@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+import cv2
 import numpy as np
 
 from .noise import add_heteroscedastic_noise
@@ -16,7 +17,7 @@ DISPLAY_GAMMA = 2.2  # sRGB ↔ linear light, the usual power-law approximation
 def darken(image: np.ndarray, alpha: float, beta: float, gamma: float) -> np.ndarray:
     """β·(α·B)^γ on an (H, W, 3) image in [0, 1] (Lv et al.'s low-light synthesis). float32 in [0, β]."""
     scale = np.float32(beta * alpha**gamma)
-    out = np.power(np.clip(image, 0.0, 1.0), np.float32(gamma), dtype=np.float32)
+    out = cv2.pow(np.clip(image, 0.0, 1.0).astype(np.float32, copy=False), gamma)
     out *= scale
     return out
 
@@ -24,7 +25,8 @@ def darken(image: np.ndarray, alpha: float, beta: float, gamma: float) -> np.nda
 def darken_linear(image: np.ndarray, alpha: float, beta: float, gamma: float) -> np.ndarray:
     """``darken`` followed by sRGB → linear light, fused into a single power: (β α^γ)^2.2 · B^(2.2 γ)."""
     scale = np.float32((beta * alpha**gamma) ** DISPLAY_GAMMA)
-    out = np.power(np.clip(image, 0.0, 1.0), np.float32(gamma * DISPLAY_GAMMA), dtype=np.float32)
+    # one vectorised power for both steps (OpenCV's pow is ~5x numpy's)
+    out = cv2.pow(np.clip(image, 0.0, 1.0).astype(np.float32, copy=False), gamma * DISPLAY_GAMMA)
     out *= scale
     return out
 
@@ -32,7 +34,7 @@ def darken_linear(image: np.ndarray, alpha: float, beta: float, gamma: float) ->
 def linear_to_display(linear: np.ndarray) -> np.ndarray:
     """Linear light → display values in [0, 1] (clipped, power 1/2.2). float32."""
     out = np.clip(linear, 0.0, 1.0).astype(np.float32, copy=False)
-    return np.power(out, np.float32(1.0 / DISPLAY_GAMMA), out=out)
+    return cv2.pow(out, 1.0 / DISPLAY_GAMMA)
 
 
 DEFAULT_RANGES = {

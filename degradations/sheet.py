@@ -52,7 +52,7 @@ def contact_sheet(grid: list[list[Tile]], side: int = 192) -> np.ndarray:
         for c, tile in enumerate(row):
             left = c * side
             sheet[top + LABEL_HEIGHT : top + LABEL_HEIGHT + side, left : left + side] = centre_tile(tile.image, side)
-            scale = _fitting_scale(tile.caption, side - 6)
+            scale = _fitting_scale(tile.caption, side - 12)
             cv2.putText(sheet, tile.caption, (left + 3, top + LABEL_HEIGHT - 6), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
         # a thin rule between rows keeps the captions attached to their own row
         sheet[top, :] = 180
