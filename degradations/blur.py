@@ -136,21 +136,30 @@ def _splat(points: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- motion
-def shake_trajectory(rng: np.random.Generator, steps: int = 128) -> np.ndarray:
-    """A random camera-shake path (steps, 2), in arbitrary units, after Boracchi & Foi (2012).
+# Per-path direction noise and pull towards the start, per unit of path length (for 128 steps). Tuned by
+# eye against recorded shake kernels (Levin et al., Köhler et al.): mostly open, gently curving strokes
+# with the odd hook or reversal; stronger settings give the closed orbits real hands do not make.
+SHAKE_GAIN = 1.5
+PULL_GAIN = 0.5
 
-    Constant speed along a direction that follows a random walk: Gaussian shake, a centripetal pull
-    back towards the start (hands correct themselves) and rare impulsive jerks that reverse the motion.
+
+def shake_trajectory(rng: np.random.Generator, steps: int = 128) -> np.ndarray:
+    """A random camera-shake path (steps, 2) sampled at equal times, in arbitrary units, after Boracchi & Foi (2012).
+
+    The direction follows a random walk: Gaussian shake, a centripetal pull back towards the start (hands
+    correct themselves) and rare impulsive jerks that reverse the motion; the speed drifts smoothly.
     Each path draws its own shake characteristics. All random numbers are drawn up front.
     """
     centripetal = 0.7 * float(rng.random())
     gaussian_shake = 10.0 * float(rng.random())
     big_shake_prob = 0.2 * float(rng.random())
     angle = 2 * math.pi * float(rng.random())
-    shake = (rng.standard_normal((steps, 2)) * (gaussian_shake * 4.0 / steps)).tolist()
+    shake = (rng.standard_normal((steps, 2)) * (gaussian_shake * SHAKE_GAIN / steps)).tolist()
     jerks = (rng.random(steps) < big_shake_prob * 0.05).tolist()  # a few impulsive shakes per path at most
     jerk_angles = (math.pi + (rng.random(steps) - 0.5)).tolist()
-    pull = centripetal * 4.0 / steps
+    pull = centripetal * PULL_GAIN / steps
+    # hands speed up and slow down: a random-walk log speed; equal exposure per step makes slow stretches bright
+    speeds = np.exp(np.clip(np.cumsum(rng.normal(0.0, 0.12, steps)), -1.2, 1.2)).tolist()
     vx, vy, x, y = math.cos(angle), math.sin(angle), 0.0, 0.0
     path = []
     for i in range(steps):
@@ -160,8 +169,8 @@ def shake_trajectory(rng: np.random.Generator, steps: int = 128) -> np.ndarray:
         vx += shake[i][0] - pull * x
         vy += shake[i][1] - pull * y
         speed = math.hypot(vx, vy) or 1.0
-        vx, vy = vx / speed, vy / speed  # constant speed: exposure time maps to path length
-        x, y = x + vx, y + vy
+        vx, vy = vx / speed, vy / speed  # the direction wanders; the step length is set by speeds[i]
+        x, y = x + vx * speeds[i], y + vy * speeds[i]
         path.append((x, y))
     return np.asarray(path)
 
@@ -172,6 +181,9 @@ def trajectory_kernel(path: np.ndarray, size: int) -> np.ndarray:
     The path is shifted so that its mean lies on the centre and scaled so that its farthest point lies
     one pixel inside the border; equal exposure time per step gives equal weight per point.
     """
+    # densify: 8 sub-steps per step, so that the stroke is continuous at any kernel size
+    t = np.linspace(0.0, len(path) - 1.0, 8 * (len(path) - 1) + 1)
+    path = np.stack([np.interp(t, np.arange(len(path)), path[:, i]) for i in range(2)], axis=1)
     pts = path - path.mean(axis=0)
     extent = float(np.abs(pts).max())
     half = (size - 1) / 2 - 1.0
