@@ -1,0 +1,173 @@
+"""Submit a training run through submitit: to SLURM, to the local machine, or in-process.
+
+Two lines wire it into a tool (the shape of MAE's ``submitit_pretrain.py``, without a second script)::
+
+    add_launcher_args(parser)
+    if launch("pretrain", args.config, args.overrides, args) is None:   # --launcher none: run here
+        run_pretraining(load_pretrain_config(args.config, args.overrides))
+
+Job files (pickles, per-task stdout/stderr, results) go to ``RUN_DIR/slurm/<job id>/`` beside the
+run's checkpoints, so both must sit on storage that every node and the submitting machine share.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+from maskdcpt.launch.submitit_job import TrainingJob
+from maskdcpt.launch.targets import Target, resolve_target
+
+LAUNCHERS = ("none", "local", "slurm", "debug")
+
+
+@dataclasses.dataclass
+class LaunchOptions:
+    """How to run a job. ``none`` runs in this process; ``local`` / ``slurm`` / ``debug`` go through submitit."""
+
+    launcher: str = "none"
+    nodes: int = 1
+    gpus_per_node: int = 0
+    # Defaults to one task per GPU (or one task on CPU); set it for multi-process CPU runs.
+    tasks_per_node: int | None = None
+    cpus_per_task: int = 1
+    partition: str | None = None
+    timeout_min: int = 60
+    # SLURM sends the preemption signal this long before the time limit: time to requeue.
+    signal_delay_s: int = 120
+    mem_gb: float | None = None
+    job_name: str = "maskdcpt"
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    max_requeues: int = 30
+    wait: bool = False
+
+    def __post_init__(self) -> None:
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"launcher {self.launcher!r} is not one of {list(LAUNCHERS)}")
+        for key in ("nodes", "cpus_per_task", "timeout_min"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"launcher option {key} must be >= 1, got {getattr(self, key)}")
+        if self.gpus_per_node < 0:
+            raise ValueError(f"launcher option gpus_per_node must be >= 0, got {self.gpus_per_node}")
+        if self.tasks_per_node is not None and self.tasks_per_node < 1:
+            raise ValueError(f"launcher option tasks_per_node must be >= 1, got {self.tasks_per_node}")
+        if self.launcher in ("local", "debug") and self.nodes != 1:
+            raise ValueError(f"the {self.launcher!r} launcher runs on one machine; got nodes={self.nodes}")
+
+    @property
+    def resolved_tasks_per_node(self) -> int:
+        if self.tasks_per_node is not None:
+            return self.tasks_per_node
+        return max(self.gpus_per_node, 1)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "LaunchOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def add_launcher_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--launcher --nodes --gpus-per-node ... --timeout-min`` to a tool's parser."""
+    d = LaunchOptions()
+    g = parser.add_argument_group("launch (submitit)")
+    g.add_argument("--launcher", choices=LAUNCHERS, default=d.launcher,
+                   help="none: run in this process; local: submitit local executor; slurm: submit to SLURM")
+    g.add_argument("--nodes", type=int, default=d.nodes)
+    g.add_argument("--gpus-per-node", dest="gpus_per_node", type=int, default=d.gpus_per_node)
+    g.add_argument("--tasks-per-node", dest="tasks_per_node", type=int, default=None,
+                   help="processes per node (default: one per GPU, 1 on CPU)")
+    g.add_argument("--cpus-per-task", dest="cpus_per_task", type=int, default=d.cpus_per_task)
+    g.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's default)")
+    g.add_argument("--timeout-min", dest="timeout_min", type=int, default=d.timeout_min)
+    g.add_argument("--signal-delay-s", dest="signal_delay_s", type=int, default=d.signal_delay_s,
+                   help="seconds before the time limit at which the job checkpoints and requeues")
+    g.add_argument("--mem-gb", dest="mem_gb", type=float, default=None)
+    g.add_argument("--job-name", dest="job_name", default=d.job_name)
+    g.add_argument("--account", default=None, help="SLURM account")
+    g.add_argument("--qos", default=None, help="SLURM quality of service")
+    g.add_argument("--constraint", default=None, help="SLURM node constraint (e.g. a GPU type)")
+    g.add_argument("--max-requeues", dest="max_requeues", type=int, default=d.max_requeues,
+                   help="how many time-outs may requeue the job")
+    g.add_argument("--wait", action="store_true", help="block until the job ends and print its result")
+    return parser
+
+
+def executor_parameters(opts: LaunchOptions) -> dict[str, Any]:
+    """The ``AutoExecutor.update_parameters`` arguments for ``opts`` (shared names + ``slurm_`` ones)."""
+    params: dict[str, Any] = {
+        "name": opts.job_name,
+        "nodes": opts.nodes,
+        "tasks_per_node": opts.resolved_tasks_per_node,
+        "cpus_per_task": opts.cpus_per_task,
+        "gpus_per_node": opts.gpus_per_node,
+        "timeout_min": opts.timeout_min,
+    }
+    if opts.mem_gb is not None:
+        params["mem_gb"] = opts.mem_gb
+    if opts.launcher == "slurm":
+        params["slurm_signal_delay_s"] = opts.signal_delay_s
+        for key in ("partition", "account", "qos", "constraint"):
+            if getattr(opts, key) is not None:
+                params[f"slurm_{key}"] = getattr(opts, key)
+    return params
+
+
+def build_executor(opts: LaunchOptions, folder: str | Path) -> Any:
+    """A submitit executor for ``opts`` writing its job files to ``folder`` (may contain ``%j``)."""
+    import submitit
+
+    if opts.launcher == "none":
+        raise ValueError("launcher 'none' runs in-process and has no executor")
+    kwargs: dict[str, Any] = {}
+    if opts.launcher == "slurm":
+        kwargs["slurm_max_num_timeout"] = opts.max_requeues
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=opts.launcher, **kwargs)
+    params = executor_parameters(opts)
+    if opts.launcher == "debug":
+        params = {k: v for k, v in params.items() if k in ("name", "timeout_min")}
+    executor.update_parameters(**params)
+    return executor
+
+
+def job_log_paths(job: Any) -> tuple[Path, Path]:
+    """stdout and stderr of the job's first task."""
+    return Path(job.paths.stdout), Path(job.paths.stderr)
+
+
+def remove_unexpanded_folder(folder: Path) -> None:
+    """submitit creates the executor folder with a literal ``%j`` before expanding it per job."""
+    try:
+        folder.rmdir()
+    except OSError:  # absent, or (unexpectedly) not empty: leave it
+        pass
+
+
+def launch(target: str | Target, config_path: str | None, overrides: Sequence[str],
+           args: argparse.Namespace | LaunchOptions) -> Any:
+    """Submit ``target`` with its config; ``None`` when ``--launcher none`` (the caller runs it itself).
+
+    The config is loaded here first so that a wrong key fails in the shell, not in the queue.
+    Prints the job id and where its logs are; with ``--wait`` also blocks and prints the result.
+    """
+    opts = args if isinstance(args, LaunchOptions) else LaunchOptions.from_args(args)
+    if opts.launcher == "none":
+        return None
+    tgt = resolve_target(target)
+    if config_path is not None:
+        # The job may start in another working directory (a requeue, a different node's mount).
+        config_path = str(Path(config_path).resolve())
+    cfg = tgt.config(config_path, list(overrides))
+    folder = tgt.folder(cfg).resolve()
+    executor = build_executor(opts, folder / "slurm" / "%j")
+    job = executor.submit(TrainingJob(tgt, config_path, list(overrides)))
+    remove_unexpanded_folder(folder / "slurm" / "%j")
+    stdout, stderr = job_log_paths(job)
+    print(f"submitted job {job.job_id} ({opts.launcher}); run folder: {folder}")
+    print(f"logs: {stdout}\n      {stderr}")
+    if opts.wait:
+        # A multi-task job returns one result per task; rank 0's speaks for the run.
+        print(f"job {job.job_id} finished: {job.results()[0]}")
+    return job

@@ -1,0 +1,320 @@
+"""Ablation sweeps: a grid of config overrides → one job array → one table of final metrics.
+
+A sweep file (YAML)::
+
+    target: pretrain                    # a known target (see maskdcpt.launch.targets)
+    base_config: configs/pretrain/x.yaml  # optional, relative to the working directory
+    base_overrides: [train.max_steps=100000]
+    members:                            # explicit, named members (optional)
+      - {name: no_mask, overrides: [model.mask_ratio=0]}
+    grid:                               # cartesian product, named from the values (optional)
+      model.mask_ratio: [0.25, 0.5, 0.75]
+
+Each member runs in ``SWEEP_DIR/<name>/`` (its own run folder); job files go to ``SWEEP_DIR/slurm/``;
+``SWEEP_DIR/manifest.json`` records members, overrides, run folders and job ids, which is all
+``collect`` needs to build the table (``SWEEP_DIR/results.csv``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime as _dt
+import itertools
+import json
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from maskdcpt.launch.launcher import LaunchOptions, add_launcher_args, build_executor, remove_unexpanded_folder
+from maskdcpt.launch.submitit_job import TrainingJob
+from maskdcpt.launch.targets import resolve_target
+
+MANIFEST = "manifest.json"
+RESULTS_CSV = "results.csv"
+SPEC_KEYS = ("target", "base_config", "base_overrides", "members", "grid")
+# squeue states of a job that may still produce a result.
+ALIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "STOPPED"}
+
+
+@dataclasses.dataclass
+class SweepMember:
+    name: str
+    overrides: list[str]
+
+
+@dataclasses.dataclass
+class SweepSpec:
+    target: str
+    base_config: str | None
+    base_overrides: list[str]
+    members: list[SweepMember]
+
+
+def _format_value(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return text[:-4].strip() if text.endswith("\n...") else text.removesuffix("...").strip()
+
+
+def _override(key: str, value: Any) -> str:
+    return f"{key}={_format_value(value)}"
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
+
+
+def expand_grid(grid: dict[str, list[Any]], where: str = "grid") -> list[SweepMember]:
+    """Cartesian product of ``{key: [values]}``; members are named ``key=value`` joined by ``__``.
+
+    Names use the last part of each dotted key (``mask_ratio=0.5``) unless two keys share it.
+    """
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(f"{where}: expected a non-empty mapping of config key to a list of values, got {grid!r}")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}.{key}: expected a non-empty list of values, got {values!r}")
+    keys = list(grid)
+    short = [k.split(".")[-1] for k in keys]
+    labels = short if len(set(short)) == len(short) else keys
+    members = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        name = "__".join(_safe_name(f"{label}={_format_value(v)}") for label, v in zip(labels, combo))
+        members.append(SweepMember(name, [_override(k, v) for k, v in zip(keys, combo)]))
+    return members
+
+
+def parse_spec(data: dict[str, Any], source: str = "sweep") -> SweepSpec:
+    """Validate a sweep mapping (as loaded from YAML); ``ValueError`` names ``source`` and the key."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+    unknown = sorted(set(data) - set(SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(SPEC_KEYS)}")
+    target = data.get("target", "pretrain")
+    resolve_target(target)
+    base_overrides = data.get("base_overrides") or []
+    if not isinstance(base_overrides, list) or not all(isinstance(o, str) and "=" in o for o in base_overrides):
+        raise ValueError(f"{source}: base_overrides must be a list of 'key=value' strings, got {base_overrides!r}")
+    members: list[SweepMember] = []
+    for i, item in enumerate(data.get("members") or []):
+        if not isinstance(item, dict) or "name" not in item:
+            raise ValueError(f"{source}: members[{i}] must be a mapping with a 'name', got {item!r}")
+        overrides = item.get("overrides") or []
+        if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+            raise ValueError(f"{source}: members[{i}].overrides must be a list of 'key=value' strings")
+        extra = sorted(set(item) - {"name", "overrides"})
+        if extra:
+            raise ValueError(f"{source}: members[{i}] has unknown key(s) {', '.join(extra)}; valid: name, overrides")
+        name = str(item["name"])
+        if _safe_name(name) != name or not name:
+            raise ValueError(f"{source}: members[{i}].name {name!r} must use only letters, digits and . _ = -")
+        members.append(SweepMember(name, list(overrides)))
+    if data.get("grid") is not None:
+        members += expand_grid(data["grid"], f"{source}: grid")
+    if not members:
+        raise ValueError(f"{source}: a sweep needs 'members' and/or a 'grid'")
+    seen: set[str] = set()
+    for member in members:
+        if member.name in seen:
+            raise ValueError(f"{source}: two members are named {member.name!r}")
+        seen.add(member.name)
+    return SweepSpec(target, data.get("base_config"), list(base_overrides), members)
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"sweep file {str(path)!r} does not exist")
+    with open(path) as f:
+        return parse_spec(yaml.safe_load(f), str(path))
+
+
+def member_overrides(spec: SweepSpec, member: SweepMember, sweep_dir: Path, extra: Sequence[str] = ()) -> list[str]:
+    """Base, then member, then command-line overrides; the run folder is always ``sweep_dir/name``."""
+    target = resolve_target(spec.target)
+    return [*spec.base_overrides, *member.overrides, *extra,
+            *target.placement_overrides(sweep_dir, member.name)]
+
+
+def submit_sweep(spec: SweepSpec, sweep_dir: str | Path, opts: LaunchOptions, extra_overrides: Sequence[str] = (),
+                 spec_source: str | None = None) -> list[Any]:
+    """Check every member's config, submit all as one job array, write the manifest; returns the jobs."""
+    if opts.launcher not in ("slurm", "local"):
+        raise ValueError(f"a sweep runs as a job array: use --launcher slurm or local, not {opts.launcher!r}")
+    sweep_dir = Path(sweep_dir).resolve()
+    target = resolve_target(spec.target)
+    base_config = str(Path(spec.base_config).resolve()) if spec.base_config else None
+    jobs_spec = []
+    for member in spec.members:
+        overrides = member_overrides(spec, member, sweep_dir, extra_overrides)
+        cfg = target.config(base_config, overrides)  # fail here, for every member, before anything is queued
+        jobs_spec.append((member, overrides, target.folder(cfg)))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    executor = build_executor(opts, sweep_dir / "slurm" / "%j")
+    with executor.batch():
+        jobs = [executor.submit(TrainingJob(target, base_config, overrides)) for _, overrides, _ in jobs_spec]
+    remove_unexpanded_folder(sweep_dir / "slurm" / "%j")
+    manifest = {
+        "spec": spec_source,
+        "target": spec.target,
+        "base_config": base_config,
+        "launcher": opts.launcher,
+        "submitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "members": [
+            {"name": m.name, "overrides": ov, "run_dir": str(folder), "job_id": str(job.job_id),
+             "job_folder": str(Path(job.paths.folder)), "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
+             "result": str(job.paths.result_pickle)}
+            for (m, ov, folder), job in zip(jobs_spec, jobs)
+        ],
+    }
+    (sweep_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return jobs
+
+
+# --- collect ---------------------------------------------------------------------------------------------------
+
+
+def squeue_state(job_id: str) -> str | None:
+    """The job's state from ``squeue`` (recently ended jobs included), or ``None`` when unknown."""
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        # "Invalid job id": the controller has forgotten it (ended long ago) — it can no longer produce a result.
+        return "GONE" if "Invalid job id" in out.stderr else None
+    states = out.stdout.split()
+    return states[0] if states else "GONE"
+
+
+def _flatten(metrics: Any, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    if isinstance(metrics, dict):
+        for key, value in metrics.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+    elif isinstance(metrics, (int, float, str, bool)) or metrics is None:
+        flat[prefix[:-1]] = metrics
+    return flat  # lists (e.g. weights) are not table cells
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def member_status(member: dict[str, Any], job_state: Callable[[str], str | None]) -> tuple[str, str, dict]:
+    """(status, reason, metrics) of one manifest member: ``done``, ``failed`` or ``unfinished``."""
+    metrics_path = Path(member["run_dir"]) / "metrics.json"
+    if metrics_path.is_file():
+        try:
+            return "done", "", _flatten(json.loads(metrics_path.read_text()))
+        except json.JSONDecodeError as err:
+            return "failed", f"unreadable {metrics_path}: {err}", {}
+    result = Path(member.get("result", ""))
+    if member.get("result") and result.is_file():
+        try:
+            with open(result, "rb") as f:
+                outcome, payload = pickle.load(f)
+        except Exception as err:  # a truncated pickle is itself a failure to report
+            return "failed", f"unreadable result {result}: {err}", {}
+        if outcome == "error":
+            lines = [ln for ln in str(payload).splitlines() if ln.strip()]
+            return "failed", lines[-1].strip() if lines else "job raised an error", {}
+        return "failed", "job returned without writing metrics.json", {}
+    state = job_state(str(member.get("job_id"))) if member.get("job_id") else None
+    last = _last_line(Path(member.get("stderr", ""))) if member.get("stderr") else ""
+    if state is None:
+        return "unfinished", "no metrics.json yet; job state unknown" + (f"; last log line: {last}" if last else ""), {}
+    if state in ALIVE_STATES:
+        return "unfinished", state, {}
+    return "failed", f"{state} without a result" + (f": {last}" if last else ""), {}
+
+
+def collect(sweep_dir: str | Path, job_state: Callable[[str], str | None] = squeue_state) -> list[dict[str, Any]]:
+    """One row per member (``name``, ``status``, ``job_id``, metric columns, ``reason``); writes results.csv."""
+    sweep_dir = Path(sweep_dir)
+    manifest_path = sweep_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise ValueError(f"{str(sweep_dir)!r} is not a sweep folder: no {MANIFEST}")
+    manifest = json.loads(manifest_path.read_text())
+    rows = []
+    for member in manifest["members"]:
+        status, reason, metrics = member_status(member, job_state)
+        rows.append({"name": member["name"], "status": status, "job_id": member.get("job_id", ""),
+                     **metrics, "reason": reason})
+    columns = ["name", "status", "job_id"]
+    for row in rows:
+        columns += [k for k in row if k not in columns and k != "reason"]
+    columns.append("reason")
+    with open(sweep_dir / RESULTS_CSV, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns and k != "reason"]
+    columns.append("reason")
+
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else ("" if v is None else str(v))
+
+    table = [columns] + [[cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Submit an ablation sweep as one job array, or collect its results (--collect SWEEP_DIR).")
+    parser.add_argument("spec", nargs="?", help="sweep YAML (configs/sweeps/<name>.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides applied to every member")
+    parser.add_argument("--sweep-dir", default=None, help="default: runs/sweeps/<spec name>-<UTC time>")
+    parser.add_argument("--collect", metavar="SWEEP_DIR", default=None, help="gather metrics of a submitted sweep")
+    parser.add_argument("--dry-run", action="store_true", help="print the members and their overrides; submit nothing")
+    add_launcher_args(parser)
+    parser.set_defaults(launcher="slurm")
+    args = parser.parse_args(argv)
+    if args.collect:
+        rows = collect(args.collect)
+        print(format_table(rows))
+        print(f"\nwritten: {Path(args.collect) / RESULTS_CSV}")
+        return 0 if all(r["status"] == "done" for r in rows) else 1
+    if not args.spec:
+        parser.error("give a sweep YAML to submit, or --collect SWEEP_DIR")
+    spec = load_spec(args.spec)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    sweep_dir = Path(args.sweep_dir or Path("runs") / "sweeps" / f"{Path(args.spec).stem}-{stamp}")
+    if args.dry_run:
+        for member in spec.members:
+            print(f"{member.name}: {' '.join(member_overrides(spec, member, sweep_dir, args.overrides))}")
+        return 0
+    jobs = submit_sweep(spec, sweep_dir, LaunchOptions.from_args(args), args.overrides, str(args.spec))
+    ids = ", ".join(str(j.job_id) for j in jobs)
+    print(f"submitted {len(jobs)} members ({args.launcher}): {ids}")
+    print(f"sweep folder: {sweep_dir.resolve()}  (logs in {sweep_dir.resolve() / 'slurm'})")
+    print(f"collect with: python tools/sweep.py --collect {sweep_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
