@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from .jpeg import jpeg_roundtrip_uint8
 from .registry import register
 from .sampling import lerp, uniform
 
@@ -171,14 +172,6 @@ def demosaic_to_uint8(raw: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(raw8, cv2.COLOR_BayerBG2RGB)
 
 
-def jpeg_roundtrip(image_u8: np.ndarray, quality: int) -> np.ndarray:
-    """JPEG encode / decode of an (H, W, 3) uint8 RGB image → float32 in [0, 1]."""
-    ok, buf = cv2.imencode(".jpg", image_u8[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise RuntimeError("moire: JPEG encoding failed")
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
-
-
 @register("moire", ranges=MOIRE_RANGES)
 def moire(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapping[str, Any]):
     """Screen-capture moiré, stronger as ``level`` rises. image: H×W×3 float32 in [0, 1]."""
@@ -227,7 +220,7 @@ def moire(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Map
     noise = noise_bytes.view(np.int8).astype(np.float32)  # uniform on [−128, 127], σ ≈ 73.9
     cv2.scaleAdd(noise, noise_sigma * math.sqrt(12.0) / 256.0, raw, dst=raw)
     capture = cv2.resize(demosaic_to_uint8(raw), (w, h), interpolation=cv2.INTER_AREA)
-    out = jpeg_roundtrip(capture, quality)
+    out = jpeg_roundtrip_uint8(capture, quality).astype(np.float32) * np.float32(1.0 / 255.0)
     params = {
         "pitch": pitch,
         "beat_period": beat_period,

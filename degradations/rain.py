@@ -28,7 +28,7 @@ STREAK_RANGES: dict[str, Any] = {
     "angle_sigma": 12.0,
     "layers": [1, 3],  # Rain100H: extra layers fade in with the level
     "layer_angle_spread": 15.0,  # degrees between layers
-    "brightness": [0.35, 0.9],  # peak of a streak; the streak layer is semi-transparent
+    "brightness": [0.3, 0.8],  # peak of a streak; the streak layer is semi-transparent
     "width": [0.4, 1.0],  # Gaussian σ across a streak, px at 256²
     "blend": ["screen", "add"],
 }
@@ -43,8 +43,8 @@ DROP_RANGES: dict[str, Any] = {
     "drop_blur": [1.0, 3.5],  # σ of the view inside drops, px at 256², level 0 → 1
     "background_blur": [0.0, 0.8],  # σ of the background defocus, px at 256², level 0 → 1
     "edge_softness": [0.15, 0.3],  # width of the alpha ramp, as a fraction of the radius
-    "rim_darkness": [0.15, 0.4],
-    "specular": [0.3, 0.8],
+    "rim_darkness": [0.1, 0.3],
+    "specular": [0.15, 0.5],
 }
 
 
@@ -233,8 +233,9 @@ def raindrop_layer(
         d = drops[i]
         blobs = [(d[0], d[1], d[2], d[3])] + ([(d[9], d[10], d[11], d[12])] if d[11] > 0 else [])
         for cx, cy, rx, ry in blobs:
-            # the label region is a little larger than the drop so the alpha ramp reaches 0 inside it
-            axes = (int(math.ceil(rx * 1.25 + 1)), int(math.ceil(ry * 1.25 + 1)))
+            # alpha reaches 0 on the drop edge (ρ = 1), so the ellipse plus a pixel covers the drop;
+            # a tight label keeps a neighbour from being cut where it does not really overlap
+            axes = (int(math.ceil(rx + 1)), int(math.ceil(ry + 1)))
             cv2.ellipse(labels, (int(round(float(cx))), int(round(float(cy)))), axes, 0, 0, 360, int(i) + 1, -1)
     sel = np.flatnonzero(labels)
     if sel.size == 0:
@@ -270,9 +271,10 @@ def raindrop_layer(
                      borderMode=cv2.BORDER_REFLECT_101).reshape(-1, 3)[:n]
 
     # shading: a dark rim where light is refracted away, a soft highlight towards the top-left
-    rim = c("rim") * np.clip((inside - 0.6) / 0.4, 0.0, 1.0) ** 2
-    hx, hy = du + 0.35, dv + 0.45
-    spec = c("specular") * np.exp(-(hx * hx + hy * hy) / 0.02)
+    # (thin: a drop is clear water, not a glossy marble)
+    rim = c("rim") * np.clip((inside - 0.75) / 0.25, 0.0, 1.0) ** 2
+    hx, hy = du + 0.3, dv + 0.4
+    spec = c("specular") * np.exp(-(hx * hx + hy * hy) / 0.012)
     drop_rgb = view * (1.0 - rim)[:, None] + spec[:, None]
     drop_rgb = drop_rgb * 1.04 + 0.02  # water in front of the scene reflects a little sky
 

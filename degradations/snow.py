@@ -91,7 +91,9 @@ def snow_mask(
         n = min(max_seeds, int(round(density * gh * gw)))
         layer = flake_layer((h, w), (gh, gw), seeds_xy[:n], opacities[:n], kernel)
         mask = 1.0 - (1.0 - mask) * (1.0 - layer)
-        layers.append({"name": name, "grid_downscale": factor, "density": density, "sigma": sigma, "motion": motion, "flakes": n})
+        layers.append(
+            {"name": name, "grid_downscale": factor, "density": density, "sigma": sigma, "motion": motion, "flakes": n}
+        )
     return mask, {"fall_angle": angle, "layers": layers}
 
 

@@ -286,8 +286,11 @@ def test_moire_strength_rises_with_level():
 
 @pytest.mark.parametrize(
     "name, first, last",
-    [("blur_jpeg", {"motion_blur"}, {"jpeg"}), ("blur_rain", {"rain_streaks", "defocus_blur", "motion_blur"}, {"raindrops"}),
-     ("blur_lowlight_noise", {"motion_blur", "defocus_blur"}, {"noise"})],
+    [
+        ("blur_jpeg", {"motion_blur"}, {"jpeg"}),
+        ("blur_rain", {"rain_streaks", "defocus_blur", "motion_blur"}, {"raindrops"}),
+        ("blur_lowlight_noise", {"motion_blur", "defocus_blur"}, {"noise"}),
+    ],
 )
 def test_mixed_params_name_their_components(name, first, last, scene):
     for seed in range(4):
