@@ -86,11 +86,12 @@ def streak_layer(
     rows = (seeds_xy[:, 1] * ch).astype(np.intp)
     canvas[rows, cols] = intensities
     half = max(1, int(round(length / 2)))
-    # box ∗ box = triangle of length ~L with unit area; rescale so a streak's centre reaches its seed value
+    # box ∗ box = a tapered (triangular) streak of length ~L and peak 1/half: the across kernel
+    # carries the factor ``half`` back, so a streak's centre reaches its seed's brightness
     canvas = cv2.blur(canvas, (1, half), borderType=cv2.BORDER_CONSTANT)
     canvas = cv2.blur(canvas, (1, half), borderType=cv2.BORDER_CONSTANT)
-    canvas = cv2.sepFilter2D(canvas, -1, _across_kernel(width), np.ones(1, np.float32) * half,
-                             borderType=cv2.BORDER_CONSTANT)
+    across = _across_kernel(width) * np.float32(half)
+    canvas = cv2.sepFilter2D(canvas, -1, across, np.ones(1, np.float32), borderType=cv2.BORDER_CONSTANT)
     centre = ((cw - 1) / 2.0, (ch - 1) / 2.0)
     rot = cv2.getRotationMatrix2D(centre, angle_deg, 1.0)
     # move the canvas centre onto the image centre
