@@ -84,7 +84,8 @@ def scramble_hidden(x: torch.Tensor, keep: torch.Tensor, seed: int = 7) -> torch
     [(restormer, 26_126_644, 494), (promptir, 35_539_290, 830)],
 )
 def test_release_configs_have_the_release_parameter_and_entry_counts(factory, params, entries):
-    dense, masked = factory(), factory(masked=True)
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        dense, masked = factory(), factory(masked=True)
     assert sum(p.numel() for p in dense.parameters()) == params
     assert len(dense.state_dict()) == entries
     assert [(k, v.shape) for k, v in masked.state_dict().items()] == [(k, v.shape) for k, v in dense.state_dict().items()]
@@ -92,7 +93,8 @@ def test_release_configs_have_the_release_parameter_and_entry_counts(factory, pa
 
 
 def test_release_key_names_and_tap_dims():
-    r, p = restormer(), promptir()
+    with torch.device("meta"):
+        r, p = restormer(), promptir()
     rk, pk = r.state_dict(), p.state_dict()
     assert r.tap_dims == [96, 96, 192] and p.tap_dims == [96, 192, 192]
     # Names the release checkpoints use (MaskDCPT restormer_arch / promptir_arch).
@@ -338,11 +340,23 @@ def test_checkpoint_filter_maps_dcpt_withbias_layout(factory, infix):
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
 
 
-def test_checkpoint_filter_rejects_biasfree_norms_and_bias_mismatch():
+def test_checkpoint_filter_rejects_biasfree_norms():
     model = restormer_tiny()
     dcpt = to_dcpt_layout(model.state_dict(), "body.")
     bias_free = {k: v for k, v in dcpt.items() if not re.search(r"norm\d\.body\.bias$", k)}
     with pytest.raises(ValueError, match="BiasFree"):
         checkpoint_filter_fn(bias_free, model)
-    with pytest.raises(ValueError, match="missing key"):
-        checkpoint_filter_fn(promptir_tiny(bias=False).state_dict(), promptir_tiny())
+
+
+def test_load_pretrained_maps_a_dcpt_checkpoint_and_names_a_bias_mismatch(tmp_path):
+    from maskdcpt.models.checkpoint import load_pretrained
+
+    torch.manual_seed(0)
+    src = promptir_tiny(bias=False)
+    path = tmp_path / "dcpt_promptir.pth"
+    torch.save({"params_ema": to_dcpt_layout(src.state_dict(), "")}, path)
+    dst = promptir_tiny(bias=False, masked=True)
+    load_pretrained(dst, path)  # the loader finds this module's checkpoint_filter_fn
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    with pytest.raises(ValueError, match=r"missing in the checkpoint \(72\): encoder_level1.blocks.0.attn.qkv.bias"):
+        load_pretrained(promptir_tiny(bias=True), path)
