@@ -1,0 +1,277 @@
+"""Evaluate a restorer on paired test sets: PSNR/SSIM per image, per task and overall, LPIPS when its weights
+are on disk, NIQE of the outputs; a console table, CSV and JSON files.
+
+Data is either
+
+* a paired folder with ``LQ/`` and ``GT/`` subfolders (one task, named after the folder), or a folder whose
+  subfolders are such paired folders (one task each), or
+* a YAML file ``{tasks: [{name: derain, lq: DIR, gt: DIR}, ...]}`` (relative paths are relative to the file).
+
+An LQ image's ground truth is the GT file of the same name, else of the same stem, else the GT whose stem is
+the LQ stem's part before the first ``_`` (SOTS-outdoor: ``0001_0.8_0.2.jpg`` → ``0001.png``).
+
+"Overall" is the mean of the per-task means (the "average" column of the papers), and also reported is the mean
+over all images pooled.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import yaml
+
+from .metrics import psnr, ssim
+from .restore import list_images, read_rgb, restore_image, write_rgb
+
+METRIC_NAMES = ("psnr", "ssim", "lpips", "niqe")
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """One test set: a name and its low-quality and ground-truth folders."""
+
+    name: str
+    lq: Path
+    gt: Path
+
+
+@dataclass
+class EvalConfig:
+    """How metrics are computed (BasicSR semantics, see :mod:`maskdcpt.evaluation.metrics`) and what runs."""
+
+    crop_border: int = 0
+    y_channel: bool = False
+    data_range: Literal["float", "uint8"] = "float"
+    tile: int | None = None  # restore in overlapping tiles of this size (memory bound), None = whole image
+    overlap: int = 32
+    compute_niqe: bool = True
+    lpips_weights: str | None = None  # None: $MASKDCPT_LPIPS_WEIGHTS; LPIPS is skipped without a weights file
+    save_images: bool = False  # write the restored images under <out>/images/<task>/
+
+    def __post_init__(self):
+        if self.data_range not in ("float", "uint8"):
+            raise ValueError(f"data_range must be 'float' or 'uint8', got {self.data_range!r}")
+        if self.crop_border < 0:
+            raise ValueError(f"crop_border must be >= 0, got {self.crop_border}")
+
+
+@dataclass
+class EvalResult:
+    """``images``: one row per image (task, image, metric values); ``tasks``: per-task means and counts;
+    ``overall``: mean of task means; ``pooled``: mean over all images; ``notes``: what was skipped and why."""
+
+    config: dict[str, Any]
+    images: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    overall: dict[str, Any] = field(default_factory=dict)
+    pooled: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- data sets
+def _find_sub(folder: Path, names: tuple[str, ...]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_dir()), None)
+
+
+_LQ_NAMES = ("LQ", "lq", "input", "Input")
+_GT_NAMES = ("GT", "gt", "target", "Target")
+
+
+def load_tasks(data: str | os.PathLike) -> list[TaskData]:
+    """The test sets named by a paired folder, a folder of paired folders, or a YAML task list."""
+    data = Path(data)
+    if data.is_file() and data.suffix.lower() in (".yml", ".yaml"):
+        return _tasks_from_yaml(data)
+    if not data.is_dir():
+        raise FileNotFoundError(f"evaluation data {data} is neither a folder nor a .yml/.yaml task list")
+    lq, gt = _find_sub(data, _LQ_NAMES), _find_sub(data, _GT_NAMES)
+    if lq and gt:
+        return [TaskData(data.name, lq, gt)]
+    tasks = []
+    for sub in sorted(p for p in data.iterdir() if p.is_dir()):
+        lq, gt = _find_sub(sub, _LQ_NAMES), _find_sub(sub, _GT_NAMES)
+        if lq and gt:
+            tasks.append(TaskData(sub.name, lq, gt))
+    if not tasks:
+        raise ValueError(f"{data}: no LQ/ and GT/ subfolders, neither here nor in its subfolders")
+    return tasks
+
+
+def _tasks_from_yaml(path: Path) -> list[TaskData]:
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: invalid YAML: {err}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("tasks"), list) or not spec["tasks"]:
+        raise ValueError(f"{path}: expected a mapping with a non-empty list under 'tasks'")
+    tasks, seen = [], set()
+    for i, entry in enumerate(spec["tasks"]):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: tasks[{i}] must be a mapping with name, lq, gt")
+        unknown = set(entry) - {"name", "lq", "gt"}
+        missing = {"name", "lq", "gt"} - set(entry)
+        if unknown or missing:
+            raise ValueError(f"{path}: tasks[{i}] has unknown keys {sorted(unknown)} / lacks {sorted(missing)}; "
+                             "valid keys: name, lq, gt")
+        name = str(entry["name"])
+        if name in seen:
+            raise ValueError(f"{path}: task name {name!r} appears twice")
+        seen.add(name)
+        folders = []
+        for key in ("lq", "gt"):
+            folder = Path(entry[key]).expanduser()
+            folder = folder if folder.is_absolute() else path.parent / folder
+            if not folder.is_dir():
+                raise ValueError(f"{path}: tasks[{i}] ({name}) {key} folder {folder} does not exist")
+            folders.append(folder)
+        tasks.append(TaskData(name, *folders))
+    return tasks
+
+
+def pair_images(task: TaskData) -> list[tuple[Path, Path]]:
+    """(LQ, GT) file pairs of a task, sorted by LQ name; every LQ must have a GT."""
+    lqs, gts = list_images(task.lq), list_images(task.gt)
+    if not lqs:
+        raise ValueError(f"task {task.name}: no images in {task.lq}")
+    by_name = {p.name: p for p in gts}
+    by_stem = {p.stem: p for p in gts}
+    pairs, unmatched = [], []
+    for lq in lqs:
+        gt = by_name.get(lq.name) or by_stem.get(lq.stem) or by_stem.get(lq.stem.split("_")[0])
+        if gt is None:
+            unmatched.append(lq.name)
+        else:
+            pairs.append((lq, gt))
+    if unmatched:
+        raise ValueError(f"task {task.name}: no ground truth in {task.gt} for {len(unmatched)} LQ images: "
+                         f"{', '.join(unmatched[:10])}")
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _summary(rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, Any]:
+    return {"count": len(rows), **{m: _mean([r[m] for r in rows]) for m in metrics}}
+
+
+def evaluate(model: nn.Module, data: str | os.PathLike | list[TaskData], out_dir: str | os.PathLike | None = None,
+             config: EvalConfig | None = None, device: str | torch.device | None = None, progress: bool = True,
+             log: Callable[[str], None] = print) -> EvalResult:
+    """Restore every LQ image of every task with ``model`` and score it against its GT.
+
+    Returns an :class:`EvalResult`; with ``out_dir`` also writes ``per_image.csv``, ``per_task.csv`` and
+    ``results.json`` there (and the restored images with ``config.save_images``), and logs the table.
+    """
+    from tqdm import tqdm
+
+    from . import lpips as lpips_module
+    from .niqe import niqe
+
+    config = config or EvalConfig()
+    tasks = data if isinstance(data, list) else load_tasks(data)
+    result = EvalResult(config=asdict(config))
+    model.eval()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+
+    lpips_model = None
+    reason = lpips_module.unavailable_reason(config.lpips_weights)
+    if reason is None:
+        lpips_model = lpips_module.load_lpips(config.lpips_weights, device=device)
+    else:
+        result.notes.append(f"LPIPS skipped: {reason}")
+        log(result.notes[-1])
+    metrics = ["psnr", "ssim"] + (["lpips"] if lpips_model is not None else []) + (
+        ["niqe"] if config.compute_niqe else [])
+
+    niqe_too_small = 0
+    for task in tasks:
+        pairs = pair_images(task)
+        rows = []
+        for lq_path, gt_path in tqdm(pairs, desc=task.name, unit="img", disable=not progress):
+            lq, _ = read_rgb(lq_path)
+            gt, bits = read_rgb(gt_path)
+            if lq.shape != gt.shape:
+                raise ValueError(f"task {task.name}: {lq_path} is {tuple(lq.shape[1:])} but its GT {gt_path} is "
+                                 f"{tuple(gt.shape[1:])}")
+            out = restore_image(model, lq, tile=config.tile, overlap=config.overlap, device=device)
+            row: dict[str, Any] = {"task": task.name, "image": lq_path.name}
+            kwargs = dict(crop_border=config.crop_border, y_channel=config.y_channel, data_range=config.data_range)
+            row["psnr"] = psnr(out, gt, **kwargs)
+            row["ssim"] = ssim(out, gt, **kwargs)
+            if lpips_model is not None:
+                with torch.inference_mode():
+                    row["lpips"] = float(lpips_model(out[None].to(device), gt[None].to(device))[0])
+            if config.compute_niqe:
+                try:
+                    row["niqe"] = niqe(out, crop_border=config.crop_border)
+                except ValueError:  # smaller than one 96×96 block
+                    row["niqe"] = math.nan
+                    niqe_too_small += 1
+            if config.save_images and out_dir is not None:
+                write_rgb(Path(out_dir) / "images" / task.name / lq_path.name, out, bits)
+            rows.append(row)
+        result.images += rows
+        result.tasks.append({"task": task.name, **_summary(rows, metrics)})
+    result.overall = {"task": "overall (mean of tasks)", "count": len(result.images),
+                      **{m: _mean([t[m] for t in result.tasks]) for m in metrics}}
+    result.pooled = {"task": "all images", **_summary(result.images, metrics)}
+    log(format_table(result, metrics))
+    if niqe_too_small:
+        result.notes.append(f"NIQE undefined for {niqe_too_small} images smaller than 96x96 (NaN, left out of means)")
+        log(result.notes[-1])
+    if out_dir is not None:
+        write_results(result, out_dir, metrics)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ output
+def format_table(result: EvalResult, metrics: list[str]) -> str:
+    """A fixed-width console table: one line per task, then the overall and pooled lines."""
+    digits = {"psnr": 2, "ssim": 4, "lpips": 4, "niqe": 3}
+    rows = result.tasks + [result.overall, result.pooled]
+    width = max(len(str(r["task"])) for r in rows) + 2
+    header = f"{'task':<{width}}{'images':>8}" + "".join(f"{m.upper():>10}" for m in metrics)
+    lines = [header, "-" * len(header)]
+    for i, r in enumerate(rows):
+        if i == len(result.tasks):
+            lines.append("-" * len(header))
+        lines.append(f"{r['task']:<{width}}{r['count']:>8}" + "".join(f"{r[m]:>10.{digits[m]}f}" for m in metrics))
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "inf" / "nan": strict JSON has no such numbers
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_results(result: EvalResult, out_dir: str | os.PathLike, metrics: list[str]) -> None:
+    """``per_image.csv``, ``per_task.csv`` (with the overall and pooled lines) and ``results.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "per_image.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["task", "image", *metrics])
+        writer.writeheader()
+        writer.writerows(result.images)
+    with open(out_dir / "per_task.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["task", "count", *metrics])
+        writer.writeheader()
+        writer.writerows(result.tasks + [result.overall, result.pooled])
+    with open(out_dir / "results.json", "w") as f:
+        json.dump(_jsonable(asdict(result)), f, indent=2)
