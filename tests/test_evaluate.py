@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from maskdcpt.evaluation import lpips as lpips_module
-from maskdcpt.evaluation.evaluate import EvalConfig, TaskData, evaluate, load_tasks, pair_images
+from maskdcpt.evaluation.evaluate import EvalConfig, evaluate, load_tasks, pair_images
 from maskdcpt.evaluation.loading import load_restorer, save_restorer
 from maskdcpt.evaluation.metrics import psnr, ssim
 from maskdcpt.evaluation.niqe import niqe
