@@ -143,12 +143,13 @@ SHAKE_GAIN = 1.5
 PULL_GAIN = 0.5
 
 
-def shake_trajectory(rng: np.random.Generator, steps: int = 128) -> np.ndarray:
+def shake_trajectory(rng: np.random.Generator, steps: int = 128, info: dict | None = None) -> np.ndarray:
     """A random camera-shake path (steps, 2) sampled at equal times, in arbitrary units, after Boracchi & Foi (2012).
 
     The direction follows a random walk: Gaussian shake, a centripetal pull back towards the start (hands
     correct themselves) and rare impulsive jerks that reverse the motion; the speed drifts smoothly.
-    Each path draws its own shake characteristics. All random numbers are drawn up front.
+    Each path draws its own shake characteristics (written into ``info`` when given). All random numbers
+    are drawn up front.
     """
     centripetal = 0.7 * float(rng.random())
     gaussian_shake = 10.0 * float(rng.random())
@@ -160,6 +161,14 @@ def shake_trajectory(rng: np.random.Generator, steps: int = 128) -> np.ndarray:
     pull = centripetal * PULL_GAIN / steps
     # hands speed up and slow down: a random-walk log speed; equal exposure per step makes slow stretches bright
     speeds = np.exp(np.clip(np.cumsum(rng.normal(0.0, 0.12, steps)), -1.2, 1.2)).tolist()
+    if info is not None:
+        info.update(
+            centripetal=centripetal,
+            gaussian_shake=gaussian_shake,
+            big_shake_prob=big_shake_prob,
+            start_angle=math.degrees(angle),
+            jerks=int(sum(jerks)),
+        )
     vx, vy, x, y = math.cos(angle), math.sin(angle), 0.0, 0.0
     path = []
     for i in range(steps):
@@ -216,7 +225,8 @@ def motion_blur(image: np.ndarray, level: float, rng: np.random.Generator, range
     """Camera-shake trajectory (p 1 − linear_prob) or linear kernel; its extent grows with ``level``."""
     linear = bool(rng.random() < float(ranges["linear_prob"]))
     angle = uniform(rng, ranges["angle"])
-    path = shake_trajectory(rng)
+    shake: dict[str, Any] = {}
+    path = shake_trajectory(rng, info=shake)
     if linear:
         length = lerp(ranges["linear_length"], level)
         kernel = linear_kernel(length, angle)
@@ -224,7 +234,7 @@ def motion_blur(image: np.ndarray, level: float, rng: np.random.Generator, range
     else:
         size = odd(lerp(ranges["kernel_size"], level))
         kernel = trajectory_kernel(path, size)
-        params = {"kernel": "trajectory", "kernel_size": size}
+        params = {"kernel": "trajectory", "kernel_size": size, "shake": shake}
     return apply_kernel(image, kernel), params
 
 

@@ -108,13 +108,13 @@ def unprocess(image: np.ndarray, meta: CameraMeta) -> np.ndarray:
     # Safe inversion of the gains: near-white pixels are divided by less, so that processing
     # (which multiplies and clips) keeps them white rather than inventing colour in highlights.
     inv = (1.0 / _gains(meta)).astype(np.float32)
-    gray = cv2.transform(x, np.full((1, 3), 1.0 / 3.0, dtype=np.float32))[..., None]
-    if float(gray.max()) > HIGHLIGHT_THRESHOLD:
-        mask = np.clip((gray - HIGHLIGHT_THRESHOLD) / (1.0 - HIGHLIGHT_THRESHOLD), 0.0, None)
-        np.square(mask, out=mask)
-        x *= np.maximum(mask + (1.0 - mask) * inv, inv)
-    else:
-        x *= inv
+    gray = cv2.transform(x, np.full((1, 3), 1.0 / 3.0, dtype=np.float32))
+    bright = gray > HIGHLIGHT_THRESHOLD
+    highlights = x[bright]  # (N, 3) copy, usually few pixels: the soft inversion runs on them only
+    x *= inv
+    if highlights.size:
+        mask = np.square((gray[bright] - HIGHLIGHT_THRESHOLD) / (1.0 - HIGHLIGHT_THRESHOLD))[:, None]
+        x[bright] = highlights * np.maximum(mask + (1.0 - mask) * inv, inv)
     return np.clip(x, 0.0, 1.0, out=x)
 
 

@@ -12,12 +12,16 @@ from .registry import register
 from .sampling import lerp, uniform
 
 DISPLAY_GAMMA = 2.2  # sRGB ↔ linear light, the usual power-law approximation
+# Floors that keep OpenCV's pow on normal floats: exact zeros and denormal results take a slow path
+# (10x). Both are far below one 8-bit step once displayed.
+INPUT_FLOOR = 1e-3  # (1e-3)^(2.2·5) = 1e-33 is still a normal float32
+LINEAR_FLOOR = 1e-10  # displays as 3e-5
 
 
 def darken(image: np.ndarray, alpha: float, beta: float, gamma: float) -> np.ndarray:
     """β·(α·B)^γ on an (H, W, 3) image in [0, 1] (Lv et al.'s low-light synthesis). float32 in [0, β]."""
     scale = np.float32(beta * alpha**gamma)
-    out = cv2.pow(np.clip(image, 0.0, 1.0).astype(np.float32, copy=False), gamma)
+    out = cv2.pow(np.clip(image, INPUT_FLOOR, 1.0).astype(np.float32, copy=False), gamma)
     out *= scale
     return out
 
@@ -26,14 +30,14 @@ def darken_linear(image: np.ndarray, alpha: float, beta: float, gamma: float) ->
     """``darken`` followed by sRGB → linear light, fused into a single power: (β α^γ)^2.2 · B^(2.2 γ)."""
     scale = np.float32((beta * alpha**gamma) ** DISPLAY_GAMMA)
     # one vectorised power for both steps (OpenCV's pow is ~5x numpy's)
-    out = cv2.pow(np.clip(image, 0.0, 1.0).astype(np.float32, copy=False), gamma * DISPLAY_GAMMA)
+    out = cv2.pow(np.clip(image, INPUT_FLOOR, 1.0).astype(np.float32, copy=False), gamma * DISPLAY_GAMMA)
     out *= scale
     return out
 
 
 def linear_to_display(linear: np.ndarray) -> np.ndarray:
     """Linear light → display values in [0, 1] (clipped, power 1/2.2). float32."""
-    out = np.clip(linear, 0.0, 1.0).astype(np.float32, copy=False)
+    out = np.clip(linear, LINEAR_FLOOR, 1.0).astype(np.float32, copy=False)
     return cv2.pow(out, 1.0 / DISPLAY_GAMMA)
 
 

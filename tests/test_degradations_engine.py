@@ -250,3 +250,13 @@ def test_bad_type_level_and_config_raise(photo):
 
 def test_every_name_in_table():
     assert len(TYPE_NAMES) == 19 and TYPE_NAMES[18] == "downsample_noise_blur_jpeg"
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_smallest_and_odd_sizes(name):
+    rng = np.random.default_rng(4)
+    for shape in ((32, 32, 3), (33, 47, 3)):
+        image = rng.random(shape, dtype=np.float32)
+        for level in (0.0, 1.0):
+            out = degrade(image, name, level, seed=2).lq
+            assert out.shape == shape and np.isfinite(out).all(), (name, shape, level)
