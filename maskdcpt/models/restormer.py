@@ -224,11 +224,6 @@ class RestorationUNetBase(nn.Module):
     masked: bool
     output: nn.Conv2d
 
-    def forward_features(
-        self, x: torch.Tensor, keep: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        raise NotImplementedError
-
     def forward_head(self, feat: torch.Tensor, inp: torch.Tensor | None = None) -> torch.Tensor:
         """``output`` conv on the final features (B, 2·dim, H, W) → (B, out, H, W), plus ``inp`` if given."""
         out = self.output(feat)
