@@ -96,7 +96,8 @@ def format_table(result: dict) -> str:
     for name, ms in result["per_type_ms"].items():
         lines.append(f"{TYPE_NAMES.index(name):>3}  {name:<28}{ms:>10.2f}{result['per_type_mean_ms'][name]:>10.2f}")
     lines.append("")
-    lines.append(f"uniform mix over {len(result['per_type_ms'])} types: {result['mix_mean_ms']:.2f} ms per sample (mean)")
+    count, mix = len(result["per_type_ms"]), result["mix_mean_ms"]
+    lines.append(f"uniform mix over {count} types: {mix:.2f} ms per sample (mean)")
     if result["missing_types"]:
         lines.append(f"not implemented (left out of the mix): {', '.join(result['missing_types'])}")
     return "\n".join(lines)

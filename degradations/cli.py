@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--types", default="all", help="'all' or comma-separated names/ids (default all)")
     parser.add_argument("--levels", type=int, default=4, help="K evenly spaced levels in [0, 1] (default 4)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--crop", type=int, default=0, help="centre-crop inputs to (at most) this square side first (0: off)")
+    parser.add_argument(
+        "--crop", type=int, default=0, help="centre-crop inputs to (at most) this square side first (0: off)"
+    )
     parser.add_argument("--sheet", help="write a contact sheet PNG of the first image (row per type)")
     parser.add_argument("--tile", type=int, default=192, help="contact-sheet tile side in px (default 192)")
     return parser

@@ -47,4 +47,5 @@ def jpeg(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapp
     subsample = bool(rng.random() < float(ranges["chroma_420_prob"]))
     quality = int(round(lerp(ranges["quality"], level)))
     quality = min(100, max(1, quality))
-    return jpeg_compress(image, quality, subsample), {"quality": quality, "chroma_subsampling": "420" if subsample else "444"}
+    params = {"quality": quality, "chroma_subsampling": "420" if subsample else "444"}
+    return jpeg_compress(image, quality, subsample), params

@@ -101,7 +101,9 @@ DEFAULT_RANGES = {
 def _choose(rng: np.random.Generator, probs) -> int:
     p = np.asarray(probs, dtype=np.float64)
     if p.shape != (len(NOISE_MODELS),) or (p < 0).any() or p.sum() <= 0:
-        raise ValueError(f"noise: model_probs must be {len(NOISE_MODELS)} non-negative weights for {NOISE_MODELS}, got {probs}")
+        raise ValueError(
+            f"noise: model_probs must be {len(NOISE_MODELS)} non-negative weights for {NOISE_MODELS}, got {probs}"
+        )
     return int(rng.choice(len(p), p=p / p.sum()))
 
 

@@ -24,7 +24,8 @@ def centre_tile(image: np.ndarray, side: int) -> np.ndarray:
     h, w = image.shape[:2]
     if h < side or w < side:
         scale = side / min(h, w)
-        image = cv2.resize(image, (max(side, round(w * scale)), max(side, round(h * scale))), interpolation=cv2.INTER_NEAREST)
+        size = (max(side, round(w * scale)), max(side, round(h * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_NEAREST)
         h, w = image.shape[:2]
     y, x = (h - side) // 2, (w - side) // 2
     return image[y : y + side, x : x + side]

@@ -251,7 +251,8 @@ def psnr_(a, b):
 @pytest.mark.parametrize("quality, subsample", [(95, True), (50, False), (10, True)])
 def test_jpeg_equals_opencv_decode_of_its_own_encode(photo, quality, subsample):
     rgb = to_uint8(photo)
-    flags = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, SAMPLING_420 if subsample else SAMPLING_444]
+    sampling = SAMPLING_420 if subsample else SAMPLING_444
+    flags = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling]
     ok, buffer = cv2.imencode(".jpg", rgb[..., ::-1].copy(), flags)
     assert ok
     expected = cv2.imdecode(buffer, cv2.IMREAD_COLOR)[..., ::-1]

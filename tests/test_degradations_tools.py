@@ -35,7 +35,8 @@ def test_degrade_folder_end_to_end(tmp_path):
         cv2.imwrite(str(inputs / name), (rng.random((*size, 3)) * 255).astype(np.uint8))
     out = tmp_path / "out"
     sheet = tmp_path / "sheet.png"
-    result = run_tool(str(inputs), str(out), "--types", "noise,jpeg", "--levels", "2", "--sheet", str(sheet), "--tile", "64")
+    options = ("--types", "noise,jpeg", "--levels", "2", "--sheet", str(sheet), "--tile", "64")
+    result = run_tool(str(inputs), str(out), *options)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 2 * 2
