@@ -73,6 +73,12 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             raise ValueError(f"{path}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "2e-3" (no dot) as a string; accept what Python reads as a number.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{path}: expected a number, got {value!r}")
         return float(value)

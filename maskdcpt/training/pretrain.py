@@ -7,7 +7,7 @@ A weight of 0 removes its term from the graph (the ablations of a sweep).
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -20,7 +20,8 @@ from ..config import load_config, save_config, to_dict
 from ..data.config import DataConfig
 from ..losses import focal_loss, masked_l1, supervised_contrastive_loss
 from ..models import build_maskdcpt
-from ..models.masking import mask_like, random_keep_map
+from ..models.maskdcpt import MaskDCPTOutput
+from ..models.masking import random_keep_map
 from .checkpoint import save_weights
 from .distributed import DistInfo, cleanup_distributed, gather_with_grad, init_distributed
 from .logging import TensorBoardLogger, confusion_matrix, image_grid, render_confusion
@@ -104,6 +105,19 @@ def keep_maps(indices: Sequence[int], grid: tuple[int, int], mask_ratio: float, 
     return torch.cat(maps, dim=0)
 
 
+class _OutputsAsDict(nn.Module):
+    """DDP looks for the forward's output tensors in tuples and dicts, not dataclasses; without
+    finding them it cannot tell unused parameters (a loss weight of 0) from late ones."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, lq: torch.Tensor, keep: torch.Tensor) -> dict[str, Any]:
+        out = self.model(lq, keep=keep)
+        return {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+
+
 class PretrainTask:
     """MaskDCPT's objective on top of a ``MaskDCPT`` module."""
 
@@ -113,6 +127,7 @@ class PretrainTask:
         self.model = build_maskdcpt(m.name, num_classes=m.num_classes, mask_ratio=m.mask_ratio, patch_size=m.patch_size, **m.kwargs)
         loss = cfg.loss
         self.has_unused_parameters = 0.0 in (loss.w_rec, loss.w_cls, loss.w_con)
+        self.forward_module = _OutputsAsDict(self.model)
         self._preds: list[np.ndarray] = []
         self._targets: list[np.ndarray] = []
 
@@ -133,11 +148,13 @@ class PretrainTask:
         grid = (-(-h // patch), -(-w // patch))
         keep = keep_maps(batch["index"].tolist(), grid, cfg.model.mask_ratio, cfg.train.seed).to(lq.device)
         out = model(lq, keep=keep)
+        if isinstance(out, dict):
+            out = MaskDCPTOutput(**out)
         terms: dict[str, torch.Tensor] = {}
         total = lq.new_zeros(())
         loss = cfg.loss
         if loss.w_rec > 0:
-            terms["loss/rec"] = masked_l1(out.reconstruction, gt, out.keep, loss.rec_region)
+            terms["loss/rec"] = masked_l1(out.reconstruction, gt, out.visible_pixels(), loss.rec_region)
             total = total + loss.w_rec * terms["loss/rec"]
         if loss.w_cls > 0:
             terms["loss/cls"] = focal_loss(out.logits, target, loss.focal_gamma)
@@ -164,7 +181,7 @@ class PretrainTask:
 
     def images(self, out: StepOutput, batch: dict[str, Any], logger: TensorBoardLogger, step: int) -> None:
         o = out.extras["out"]
-        masked = batch["lq"] * mask_like(o.keep, batch["lq"])
+        masked = batch["lq"] * o.visible_pixels()
         grid = image_grid([batch["lq"], masked, o.reconstruction, batch["gt"]])
         logger.image("images/lq_masked_reconstruction_gt", grid, step)
         if self._preds:

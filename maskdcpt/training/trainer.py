@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Protocol
@@ -137,7 +138,8 @@ class Trainer:
         task.model.to(self.device)
         self.optimizer = build_optimizer(task.param_groups(optim), optim)
         self.scheduler = build_scheduler(self.optimizer, optim, cfg.max_steps)
-        self.model: nn.Module = task.model
+        # The module the step calls: a task may wrap its model so DDP can see every output.
+        self.model: nn.Module = getattr(task, "forward_module", task.model)
         if dist_info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # A loss weight of 0 leaves parameters without gradient (e.g. no classification):
@@ -327,5 +329,9 @@ class Trainer:
             if self.optim_cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.task.model.parameters(), self.optim_cfg.grad_clip)
             self.optimizer.step()
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # On a skipped update the schedule still advances with the step count, which
+            # torch would otherwise warn about.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
         return {k: float(all_reduce_mean(v, self.dist)) if torch.is_tensor(v) else float(v) for k, v in sums.items()}

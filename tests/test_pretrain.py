@@ -1,0 +1,233 @@
+"""Pre-training end to end: the default command, the objective, resume after SIGKILL, DDP."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from maskdcpt.training.pretrain import PretrainTask, keep_maps, load_pretrain_config
+from maskdcpt.training.trainer import NonFiniteLossError, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small and quick, but every part of the real path: embedded photos, engine, masking, 3 losses.
+FAST = [
+    "data.crop_size=64", "data.crops_per_image=2", "train.batch_size=4", "train.log_every=1",
+    "train.progress=false", "data.engine={types: [noise, jpeg, motion_blur, haze]}",
+]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1", PYTHONUNBUFFERED="1")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _pretrain(out_dir, *overrides, **kwargs):
+    cmd = [sys.executable, str(ROOT / "tools" / "pretrain.py"), f"run.output_dir={out_dir}", "run.name=r", *FAST, *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, **kwargs)
+
+
+def _weights(run):
+    return load_file(str(Path(run) / "checkpoints" / "last.safetensors"))
+
+
+def test_default_command_writes_a_complete_run_folder(tmp_path):
+    res = _pretrain(tmp_path, "train.max_steps=4", "train.image_every=2", "train.checkpoint_every=2")
+    assert res.returncode == 0, res.stderr
+    run = tmp_path / "r"
+    assert f"run folder: {run.resolve()}" in res.stdout
+    cfg = load_pretrain_config(run / "config.yaml")  # the resolved config round-trips
+    assert cfg.train.max_steps == 4 and cfg.data.crop_size == 64
+    assert json.loads((run / "metrics.json").read_text())["step"] == 4
+    with safe_open(str(run / "encoder.safetensors"), "pt") as f:
+        assert f.metadata()["model_name"] == "nafnet_tiny"
+        assert not any(k.startswith("classifier") for k in f.keys())
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ["loss/total", "loss/rec", "loss/cls", "loss/con", "lr/backbone", "lr/classifier", "metrics/top1",
+                "perf/samples_per_s", "perf/data_wait_fraction"]:
+        assert tag in scalars, tag
+    assert [e.step for e in events.Scalars("loss/total")] == [1, 2, 3, 4]
+    lrs = [e.value for e in events.Scalars("lr/backbone")]
+    assert lrs[0] > lrs[-1]  # the cosine schedule decays
+    images = set(events.Tags()["images"])
+    assert {"images/lq_masked_reconstruction_gt", "classification/confusion"} <= images
+    grid = events.Images("images/lq_masked_reconstruction_gt")[-1]
+    assert grid.height == 4 * 64 + 3 * 2  # rows: lq, masked lq, reconstruction, gt
+
+    # a second call finds the finished run and does nothing
+    again = _pretrain(tmp_path, "train.max_steps=4")
+    assert again.returncode == 0 and "already finished at step 4" in again.stdout
+
+
+def test_config_errors_name_the_key():
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "pretrain.py"), "train.maxsteps=3"],
+                         capture_output=True, text=True, env=_env(), cwd=ROOT)
+    assert res.returncode == 2
+    assert "train.maxsteps" in res.stderr and "max_steps" in res.stderr
+    with pytest.raises(ValueError, match="loss.w_cls"):
+        load_pretrain_config(None, ["loss.w_cls=-1"])
+    with pytest.raises(ValueError, match="rec_region"):
+        load_pretrain_config(None, ["loss.rec_region=hidden", "model.mask_ratio=0"])
+    with pytest.raises(ValueError, match="model.mask_ratio"):
+        load_pretrain_config(None, ["model.mask_ratio=high"])
+    with pytest.raises(ValueError, match="does not exist"):
+        load_pretrain_config("no/such/config.yaml")
+
+
+def _fixed_batch(n=4, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    gt = torch.nn.functional.interpolate(torch.rand(n, 3, 4, 4, generator=g), size=(size, size), mode="bilinear")
+    lq = (gt + 0.1 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
+    return {"lq": lq, "gt": gt, "type_id": torch.tensor([0, 1, 0, 1])[:n], "index": torch.arange(n)}
+
+
+def _trainer(tmp_path, overrides, batch, steps):
+    cfg = load_pretrain_config(None, [f"train.max_steps={steps}", "train.batch_size=4", "train.progress=false",
+                                      "train.checkpoint_every=1000", "train.image_every=0", *overrides])
+    torch.manual_seed(0)
+    task = PretrainTask(cfg, __import__("maskdcpt.training.distributed", fromlist=["DistInfo"]).DistInfo())
+
+    def endless(_start):
+        while True:
+            yield {k: v.clone() for k, v in batch.items()}
+
+    return Trainer(task, cfg.train, cfg.optim, tmp_path, endless), task
+
+
+def test_loss_falls_when_overfitting_one_batch(tmp_path):
+    batch = _fixed_batch()
+    trainer, task = _trainer(tmp_path, ["optim.lr=2e-3", "optim.classifier_lr=2e-3", "loss.rec_region=visible"], batch, 40)
+    first = task.step(task.model, batch, 0).terms
+    trainer.fit(resume=False)
+    last = task.step(task.model, batch, 0).terms
+    assert last["loss/rec"] < 0.5 * first["loss/rec"]
+    assert last["loss/cls"] < 0.5 * first["loss/cls"]
+
+
+@pytest.mark.parametrize("weight,term", [("w_rec", "loss/rec"), ("w_cls", "loss/cls"), ("w_con", "loss/con")])
+def test_each_loss_switch_removes_its_term(tmp_path, weight, term):
+    batch = _fixed_batch()
+    _, task = _trainer(tmp_path, [f"loss.{weight}=0"], batch, 1)
+    out = task.step(task.model, batch, 0)
+    assert term not in out.terms
+    out.loss.backward()
+    grads = {n: p.grad for n, p in task.model.named_parameters()}
+    if weight == "w_rec":  # nothing reaches the output projection any more
+        assert all(g is None for n, g in grads.items() if n.startswith("backbone.ending"))
+    if weight == "w_cls":  # the fc layer only serves classification
+        assert grads["classifier.fc.weight"] is None
+    if weight == "w_con":  # focal alone: the loss equals w_rec·rec + w_cls·cls exactly
+        assert out.loss.item() == pytest.approx(out.terms["loss/rec"].item() + out.terms["loss/cls"].item(), rel=1e-6)
+    # and with the term on, it does contribute
+    _, task_on = _trainer(tmp_path, [], batch, 1)
+    assert term in task_on.step(task_on.model, batch, 0).terms
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
+    batch = _fixed_batch()
+    batch["gt"][0, 0, 0, 0] = float("nan")
+    trainer, task = _trainer(tmp_path, ["train.max_bad_steps=3"], batch, 10)
+    before = {k: v.clone() for k, v in task.model.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match=r"3 steps in a row, last at step 2 in term 'loss/rec'"):
+        trainer.fit(resume=False)
+    assert trainer.skipped == 3
+    # no update was applied
+    assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
+
+
+def test_keep_maps_depend_only_on_seed_and_sample_index():
+    a = keep_maps([5, 6, 7], (4, 4), 0.5, seed=0)
+    b = keep_maps([7], (4, 4), 0.5, seed=0)
+    assert torch.equal(a[2:], b)
+    assert not torch.equal(a[0], a[1])
+    assert (a.flatten(1).sum(1) == 8).all()
+    assert not torch.equal(a, keep_maps([5, 6, 7], (4, 4), 0.5, seed=1))
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    common = ["train.max_steps=8", "train.checkpoint_every=1"]
+    straight = _pretrain(tmp_path / "a", *common)
+    assert straight.returncode == 0, straight.stderr
+
+    cmd = [sys.executable, str(ROOT / "tools" / "pretrain.py"), f"run.output_dir={tmp_path / 'b'}", "run.name=r",
+           *FAST, *common]
+    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    weights = tmp_path / "b" / "r" / "checkpoints" / "last.safetensors"
+    killed_at = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if weights.exists():
+            try:
+                with safe_open(str(weights), "pt") as f:
+                    killed_at = int(f.metadata()["step"])
+            except Exception:  # replaced while being read
+                killed_at = None
+            if killed_at is not None and killed_at >= 3:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert killed_at is not None and killed_at < 8
+
+    resumed = _pretrain(tmp_path / "b", *common)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout
+    a, b = _weights(tmp_path / "a" / "r"), _weights(tmp_path / "b" / "r")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_gloo_run_matches_single_process(tmp_path):
+    common = ["train.max_steps=3", "train.checkpoint_every=3", "loss.w_con=1.0"]
+    single = _pretrain(tmp_path / "single", *common)
+    assert single.returncode == 0, single.stderr
+
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = _env()
+        env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        cmd = [sys.executable, str(ROOT / "tools" / "pretrain.py"), f"run.output_dir={tmp_path / 'ddp'}", "run.name=r",
+               *FAST, *common]
+        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+    a, b = _weights(tmp_path / "single" / "r"), _weights(tmp_path / "ddp" / "r")
+    # The initial weights, as run_pretraining seeds them.
+    cfg = load_pretrain_config(None, [*FAST, *common])
+    torch.manual_seed(cfg.train.seed)
+    from maskdcpt.training.distributed import DistInfo
+
+    init = PretrainTask(cfg, DistInfo()).model.state_dict()
+    # Compare the updates, not the weights: float sums in another order differ in the last
+    # bits, and Adam divides by sqrt(v) so it magnifies that where gradients are ~0. A wrong
+    # reduction (a term counted twice, a rank's samples missing) moves whole tensors.
+    delta_a = torch.cat([(a[k] - init[k]).flatten() for k in a])
+    delta_b = torch.cat([(b[k] - init[k]).flatten() for k in a])
+    assert delta_a.norm() > 0
+    assert (delta_b - delta_a).norm() / delta_a.norm() < 1e-3
+    for key in a:  # and no tensor is off by more than a rounding-level amount
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-4, msg=key)
