@@ -56,9 +56,8 @@ def _resize(image: np.ndarray, width: int, height: int, interp: str) -> np.ndarr
 class _Stages:
     """Shared draws and helpers of one sample: every severity is lerp(range, level · u)."""
 
-    def __init__(self, rng: np.random.Generator, level: float, ranges: Mapping[str, Any], full_hw: tuple[int, int]):
+    def __init__(self, rng: np.random.Generator, level: float, ranges: Mapping[str, Any]):
         self.rng, self.level, self.ranges = rng, level, ranges
-        self.full_h, self.full_w = full_hw
         self.params: dict[str, Any] = {}
 
     def severity(self) -> float:
@@ -78,7 +77,7 @@ class _Stages:
         lo, hi = (float(v) for v in self.ranges[range_key])
         scale = {"up": lerp([1.0, hi], t), "down": lerp([1.0, lo], t), "keep": 1.0}[mode]
         h, w = image.shape[:2]
-        # Scale relative to the full size keeps the chain from collapsing below MIN_SIDE on small inputs.
+        # Scales compound over the stages; the floor keeps small crops from collapsing below a kernel's reach.
         new_h = max(MIN_SIDE, int(round(h * scale)))
         new_w = max(MIN_SIDE, int(round(w * scale)))
         self.params[tag] = {"mode": mode, "scale": scale, "interpolation": interp, "size": [new_h, new_w]}
@@ -105,7 +104,7 @@ class _Stages:
 @register("downsample_noise_blur_jpeg", ranges=DEFAULT_RANGES)
 def downsample_noise_blur_jpeg(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapping[str, Any]):
     h, w = image.shape[:2]
-    st = _Stages(rng, level, ranges, (h, w))
+    st = _Stages(rng, level, ranges)
     # Draws that do not depend on the image come first, in a fixed order.
     factor = lerp(ranges["final_scale"], st.severity())
     lr_h, lr_w = max(MIN_SIDE, int(round(h / factor))), max(MIN_SIDE, int(round(w / factor)))
