@@ -324,3 +324,15 @@ def test_realesrgan_pipeline_stages_and_levels(photo):
     assert 30 <= harsh.params["jpeg2"]["quality"] <= 95
     fixed = degrade(photo, "downsample_noise_blur_jpeg", 1.0, seed=0, final_scale=[4.0, 4.0])
     assert fixed.params["lr_size"] == [24, 24]  # 96 / 4
+
+
+def test_overridden_ranges_are_read(photo):
+    assert degrade(photo, "low_light", 0.7, seed=0, gamma=[2.0, 2.0]).params["gamma"] == 2.0
+    assert degrade(photo, "camera_noise", 0.7, seed=0, shot_noise=[1e-3, 1e-3]).params["shot_noise"] == pytest.approx(1e-3)
+    assert degrade(photo, "defocus_blur", 0.3, seed=0, radius=[4.0, 4.0]).params["radius"] == 4.0
+    assert degrade(photo, "jpeg", 0.3, seed=0, quality=[40, 40]).params["quality"] == 40
+    assert degrade(photo, "mosaic", 0.3, seed=0, sharpen_amount=[0.0, 0.0]).params["sharpen_amount"] == 0.0
+    noisy = degrade(photo, "noise", 1.0, seed=0, model_probs=[0, 0, 1], salt_pepper_amount=[0.1, 0.1])
+    assert noisy.params == {"model": "salt_pepper", "amount": 0.1}
+    quiet = degrade(photo, "downsample_noise_blur_jpeg", 1.0, seed=0, jpeg_quality=[95, 95])
+    assert quiet.params["jpeg1"]["quality"] == 95 and quiet.params["jpeg2"]["quality"] == 95
