@@ -112,7 +112,7 @@ def run_cluster_check(cfg: ClusterCheckConfig, resume: bool | str = "auto") -> d
 
     weights = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
     metrics = {"rank": rank, "world_size": world_size, "start_step": start_step, "step": tc.max_steps,
-               "loss": float(loss), "weights": weights}
+               "loss": float(loss.detach()), "weights": weights}
     if rank == 0:
         from safetensors.torch import save_file
 

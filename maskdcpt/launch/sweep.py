@@ -72,9 +72,9 @@ def _safe_name(text: str) -> str:
 
 
 def expand_grid(grid: dict[str, list[Any]], where: str = "grid") -> list[SweepMember]:
-    """Cartesian product of ``{key: [values]}``; members are named ``key=value`` joined by ``__``.
+    """Cartesian product of ``{key: [values]}``; members are named ``key-value`` joined by ``__``.
 
-    Names use the last part of each dotted key (``mask_ratio=0.5``) unless two keys share it.
+    Names use the last part of each dotted key (``mask_ratio-0.5``) unless two keys share it.
     """
     if not isinstance(grid, dict) or not grid:
         raise ValueError(f"{where}: expected a non-empty mapping of config key to a list of values, got {grid!r}")
@@ -86,7 +86,7 @@ def expand_grid(grid: dict[str, list[Any]], where: str = "grid") -> list[SweepMe
     labels = short if len(set(short)) == len(short) else keys
     members = []
     for combo in itertools.product(*(grid[k] for k in keys)):
-        name = "__".join(_safe_name(f"{label}={_format_value(v)}") for label, v in zip(labels, combo))
+        name = "__".join(_safe_name(f"{label}-{_format_value(v)}") for label, v in zip(labels, combo))
         members.append(SweepMember(name, [_override(k, v) for k, v in zip(keys, combo)]))
     return members
 

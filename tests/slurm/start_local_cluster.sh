@@ -89,7 +89,8 @@ SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
-PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+# OverSubscribe: the tests run a few tiny jobs at once even on a 2-core machine.
+PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF_EOF
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 

@@ -1,0 +1,179 @@
+"""Against a real SLURM controller and node daemon (tests/slurm/start_local_cluster.sh), not a mock:
+a 2-task DDP job (gloo, CPU), preemption by `scontrol requeue` and by the preemption signal (both must
+resume and end with the weights of an uninterrupted run), and a 3-member sweep collected into a table.
+
+Skips with the reason when no cluster answers; in CI (CI=true or MASKDCPT_REQUIRE_SLURM=1) fails instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maskdcpt.launch import LaunchOptions, launch
+from maskdcpt.launch import sweep as sweep_mod
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = "cluster_check"
+# Few tiny steps; the pause gives the test time to interrupt a running job after its first checkpoint.
+TRAIN = ["train.max_steps=24", "train.checkpoint_every=4", "train.step_sleep_s=0.4"]
+JOB_TIMEOUT_S = 300
+
+
+def _cluster_problem() -> str | None:
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "SLURM client tools (sinfo, sbatch) are not installed"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P %t"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out: slurmctld does not answer"
+    if out.returncode != 0:
+        return f"slurmctld does not answer: {out.stderr.strip()}"
+    states = [line.split()[1] for line in out.stdout.splitlines() if len(line.split()) == 2]
+    if not any(s.rstrip("*~#$@^-") in ("idle", "mix", "alloc", "comp") for s in states):
+        return f"no node takes jobs (node states: {states or 'none'})"
+    return None
+
+
+@pytest.fixture(scope="module")
+def partition():
+    problem = _cluster_problem()
+    if problem:
+        if os.environ.get("CI", "").lower() == "true" or os.environ.get("MASKDCPT_REQUIRE_SLURM") == "1":
+            pytest.fail(f"the SLURM tests must run in CI but the cluster is not up: {problem} "
+                        "(.ci/run should call tests/slurm/ci_setup.sh)")
+        pytest.skip(f"{problem}; start one with `sudo bash tests/slurm/start_local_cluster.sh`")
+    out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, check=True).stdout.split()
+    return next((p.rstrip("*") for p in out if p.endswith("*")), out[0])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _job_environment():
+    # Jobs start in the submitting working directory and must import maskdcpt from it; one thread per task.
+    cwd, threads = os.getcwd(), os.environ.get("OMP_NUM_THREADS")
+    os.chdir(REPO)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    os.chdir(cwd)
+    if threads is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = threads
+
+
+def _logs(job) -> str:
+    folder = Path(job.paths.folder)
+    return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-15:])
+                     for p in sorted(folder.glob("*_log.*")))
+
+
+def _wait(job, timeout_s: float = JOB_TIMEOUT_S) -> list:
+    deadline = time.time() + timeout_s
+    while not job.done():
+        if time.time() > deadline:
+            job.cancel(check=False)
+            pytest.fail(f"job {job.job_id} did not finish in {timeout_s} s:\n{_logs(job)}")
+        time.sleep(1)
+    try:
+        return job.results()
+    except Exception as err:
+        pytest.fail(f"job {job.job_id} failed: {err}\n{_logs(job)}")
+
+
+def _scontrol_job(job_id: str) -> dict[str, str]:
+    text = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True).stdout
+    return dict(item.split("=", 1) for item in text.split() if "=" in item)
+
+
+def _wait_for_checkpoint(job, ckpt: Path) -> None:
+    deadline = time.time() + JOB_TIMEOUT_S
+    while not ckpt.exists():
+        if job.done() or time.time() > deadline:
+            pytest.fail(f"job {job.job_id} never wrote {ckpt}:\n{_logs(job)}")
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def runs(partition, tmp_path_factory):
+    """Three 2-task runs submitted together: one left alone, two interrupted after their first checkpoint."""
+    root = tmp_path_factory.mktemp("slurm_runs")
+    opts = LaunchOptions(launcher="slurm", partition=partition, tasks_per_node=2, timeout_min=15,
+                         signal_delay_s=60, job_name="maskdcpt-test")
+    jobs = {name: launch(TARGET, None, [*TRAIN, f"run.output_dir={root}", f"run.name={name}"], opts)
+            for name in ("reference", "scontrol_requeue", "preemption_signal")}
+    for name in ("scontrol_requeue", "preemption_signal"):
+        _wait_for_checkpoint(jobs[name], root / name / "checkpoints" / "last.ckpt")
+    # An operator's (or the scheduler's) requeue: SLURM kills the tasks and runs the batch script again.
+    subprocess.run(["scontrol", "requeue", str(jobs["scontrol_requeue"].job_id)], check=True)
+    # A preemption: SLURM's signal reaches submitit, which calls TrainingJob.checkpoint() and requeues.
+    jobs["preemption_signal"]._interrupt()
+    return root, jobs
+
+
+def test_two_task_ddp_job_runs_with_the_requested_resources(runs, partition):
+    root, jobs = runs
+    job = jobs["reference"]
+    rank0, rank1 = _wait(job)
+    assert (rank0["rank"], rank1["rank"], rank0["world_size"], rank1["world_size"]) == (0, 1, 2, 2)
+    assert rank0["weights"] == rank1["weights"], "DDP replicas diverged"
+    assert rank0["start_step"] == 0 and rank0["step"] == 24
+    info = _scontrol_job(str(job.job_id))
+    assert (info["NumTasks"], info["Partition"], info["TimeLimit"]) == ("2", partition, "00:15:00")
+    assert info["JobName"] == "maskdcpt-test"
+    run_dir = root / "reference"
+    assert json.loads((run_dir / "metrics.json").read_text())["weights"] == rank0["weights"]
+    assert (run_dir / "slurm" / str(job.job_id) / f"{job.job_id}_0_log.out").is_file()
+
+
+@pytest.mark.parametrize("how", ["scontrol_requeue", "preemption_signal"])
+def test_interrupted_job_resumes_and_ends_with_the_uninterrupted_weights(runs, how):
+    root, jobs = runs
+    reference = _wait(jobs["reference"])[0]
+    rank0, rank1 = _wait(jobs[how])
+    assert int(_scontrol_job(str(jobs[how].job_id))["Restarts"]) >= 1, "SLURM never requeued the job"
+    assert rank0["start_step"] >= 4, f"the requeued job started from step {rank0['start_step']}, not a checkpoint"
+    assert rank0["weights"] == rank1["weights"] == reference["weights"]
+    assert (root / how / "weights.safetensors").read_bytes() == (root / "reference" / "weights.safetensors").read_bytes()
+    if how == "preemption_signal":
+        log = (root / how / "slurm" / str(jobs[how].job_id) / f"{jobs[how].job_id}_0_log.out").read_text()
+        assert "requeueing; resume=" in log, "TrainingJob.checkpoint() was not called"
+
+
+def test_three_member_sweep_runs_as_one_array_and_collects(partition, tmp_path, capsys):
+    spec = tmp_path / "lr.yaml"
+    spec.write_text(yaml.safe_dump({
+        "target": TARGET,
+        "base_overrides": ["train.max_steps=6", "train.checkpoint_every=3"],
+        "grid": {"train.lr": [0.01, 0.02, 0.05]},
+    }))
+    sweep_dir = tmp_path / "sweep"
+    argv = [str(spec), "--sweep-dir", str(sweep_dir), "--launcher", "slurm", "--partition", partition,
+            "--timeout-min", "10", "--job-name", "maskdcpt-sweep"]
+    assert sweep_mod.main(argv) == 0
+    manifest = json.loads((sweep_dir / "manifest.json").read_text())
+    ids = [m["job_id"] for m in manifest["members"]]
+    array_ids = {i.split("_")[0] for i in ids}
+    assert len(array_ids) == 1 and sorted(i.split("_")[1] for i in ids) == ["0", "1", "2"], ids
+
+    deadline = time.time() + JOB_TIMEOUT_S
+    while not all((Path(m["run_dir"]) / "metrics.json").exists() for m in manifest["members"]):
+        assert time.time() < deadline, f"sweep did not finish: {sweep_mod.collect(sweep_dir)}"
+        time.sleep(1)
+    capsys.readouterr()
+    assert sweep_mod.main(["--collect", str(sweep_dir)]) == 0
+    printed = capsys.readouterr().out
+    rows = sweep_mod.collect(sweep_dir)
+    assert [r["name"] for r in rows] == ["lr-0.01", "lr-0.02", "lr-0.05"]
+    assert all(r["status"] == "done" and r["step"] == 6 for r in rows)
+    assert len({r["loss"] for r in rows}) == 3  # each member really ran with its own learning rate
+    for m in manifest["members"]:
+        assert Path(m["run_dir"]) == sweep_dir.resolve() / m["name"]
+    assert "lr-0.05" in printed and (sweep_dir / "results.csv").is_file()
