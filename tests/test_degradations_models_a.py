@@ -328,7 +328,8 @@ def test_realesrgan_pipeline_stages_and_levels(photo):
 
 def test_overridden_ranges_are_read(photo):
     assert degrade(photo, "low_light", 0.7, seed=0, gamma=[2.0, 2.0]).params["gamma"] == 2.0
-    assert degrade(photo, "camera_noise", 0.7, seed=0, shot_noise=[1e-3, 1e-3]).params["shot_noise"] == pytest.approx(1e-3)
+    camera = degrade(photo, "camera_noise", 0.7, seed=0, shot_noise=[1e-3, 1e-3])
+    assert camera.params["shot_noise"] == pytest.approx(1e-3)
     assert degrade(photo, "defocus_blur", 0.3, seed=0, radius=[4.0, 4.0]).params["radius"] == 4.0
     assert degrade(photo, "jpeg", 0.3, seed=0, quality=[40, 40]).params["quality"] == 40
     assert degrade(photo, "mosaic", 0.3, seed=0, sharpen_amount=[0.0, 0.0]).params["sharpen_amount"] == 0.0
