@@ -17,6 +17,11 @@ class SourceConfig:
     meta:    pair meta file (paired only; see ``maskdcpt.data.index.match_pairs``).
     type:    degradation type name or id of a paired source (overrides the index's type id).
     weight:  relative weight within its kind (synthetic / paired).
+    prior:   paired only: a folder of generative-model restorations of the LQ images, matched
+             by file name (same name, or same stem with another image extension); they reach
+             the model as extra input channels (fine-tuning's ``model.prior_channels``).
+    pseudo_gt: paired only: the GT folder holds generative outputs used as pseudo targets for
+             real LQ images without ground truth (see ``DataConfig.pseudo_gt_ratio``).
     """
 
     kind: Literal["synthetic", "paired"] = "synthetic"
@@ -26,6 +31,8 @@ class SourceConfig:
     type: str | int | None = None
     weight: float = 1.0
     name: str = ""
+    prior: str = ""
+    pseudo_gt: bool = False
 
 
 @dataclass
@@ -45,6 +52,8 @@ class DataConfig:
     class_balanced:  paired sources: share each type's probability equally among types
                      (then among the sources of a type by weight) instead of by weight alone.
     num_workers:     DataLoader worker processes (the trainer passes it to build_train_loader).
+    pseudo_gt_ratio: share of the paired draws that go to pseudo-GT sources (``pseudo_gt: true``);
+                     None → by weight like any other source.
     """
 
     sources: list[SourceConfig] = field(default_factory=list)
@@ -55,6 +64,7 @@ class DataConfig:
     schedule: list[list[float]] = field(default_factory=list)
     class_balanced: bool = True
     num_workers: int = 0
+    pseudo_gt_ratio: float | None = None
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
@@ -75,6 +85,19 @@ class DataConfig:
                 raise ValueError(f"data.sources[{i}].weight must be >= 0, got {src.weight}")
             if src.meta and src.kind != "paired":
                 raise ValueError(f"data.sources[{i}]: 'meta' applies to paired sources only")
+            if (src.prior or src.pseudo_gt) and src.kind != "paired":
+                raise ValueError(f"data.sources[{i}]: 'prior' and 'pseudo_gt' apply to paired sources only")
+        with_prior = [bool(s.prior) for s in self.sources]
+        if any(with_prior) and not all(with_prior):
+            # every sample of a batch must carry the same input channels
+            missing = [i for i, has in enumerate(with_prior) if not has]
+            raise ValueError(f"data.sources{missing}: when one source has a 'prior' folder, all sources need one")
+        if self.pseudo_gt_ratio is not None:
+            if not 0.0 <= self.pseudo_gt_ratio <= 1.0:
+                raise ValueError(f"data.pseudo_gt_ratio must lie in [0, 1], got {self.pseudo_gt_ratio}")
+            kinds = {s.pseudo_gt for s in self.sources if s.kind == "paired"}
+            if kinds != {True, False}:
+                raise ValueError("data.pseudo_gt_ratio needs paired sources both with and without 'pseudo_gt: true'")
 
     @property
     def effective_min_size(self) -> int:

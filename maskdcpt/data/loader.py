@@ -20,8 +20,9 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Samples → a batch: lq/gt (B, 3, H, W) float32 in [0, 1], type_id/source int64 (B,),
     level float32 (B,) (-1 for real pairs), params list of JSON strings, key int64 (B, 4)
     = (source, epoch, item, crop), index int64 (B,) = global sample position (unique over ranks
-    and steps), skipped: list of "path: reason" met while building it."""
-    return {
+    and steps), skipped: list of "path: reason" met while building it; prior (B, 3, H, W) when
+    the sources have prior folders."""
+    batch = {
         "lq": torch.from_numpy(np.stack([s["lq"] for s in samples])),
         "gt": torch.from_numpy(np.stack([s["gt"] for s in samples])),
         "type_id": torch.tensor([s["type_id"] for s in samples], dtype=torch.int64),
@@ -32,6 +33,9 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),
         "skipped": [entry for s in samples for entry in s["skipped"]],
     }
+    if "prior" in samples[0]:  # generative restorations, aligned with lq (paired sources with 'prior')
+        batch["prior"] = torch.from_numpy(np.stack([s["prior"] for s in samples]))
+    return batch
 
 
 def _worker_init(worker_id: int) -> None:

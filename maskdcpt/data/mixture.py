@@ -104,6 +104,7 @@ def build_mixture(cfg: DataConfig, seed: int) -> Mixture:
     kinds: list[str] = []
     weights: list[float] = []
     type_ids: list[int] = []
+    pseudo: list[bool] = []
     configured = cfg.sources or [None]
     for position, src in enumerate(configured):
         if src is None:
@@ -126,10 +127,29 @@ def build_mixture(cfg: DataConfig, seed: int) -> Mixture:
                 if tid < 0:
                     raise ValueError(f"data.sources[{position}] ({name}): a paired source needs its degradation "
                                      "'type' (name or id), in the config or the index")
-                sources.append(PairedSource(view, tid, **common))
+                sources.append(PairedSource(view, tid, prior_dir=src.prior, **common))
                 weights.append(weight)
                 type_ids.append(tid)
+                pseudo.append(src.pseudo_gt)
             kinds.append(kind)
+            if kind == "synthetic":
+                pseudo.append(False)
     if cfg.class_balanced:
         weights = class_balanced_weights(type_ids, weights)
+    if cfg.pseudo_gt_ratio is not None:
+        weights = pseudo_gt_weights(kinds, pseudo, weights, cfg.pseudo_gt_ratio)
     return Mixture(MixtureDataset(sources), kinds, weights, type_ids)
+
+
+def pseudo_gt_weights(kinds: Sequence[str], pseudo: Sequence[bool], weights: Sequence[float], ratio: float) -> list[float]:
+    """Rescale paired weights so that pseudo-GT sources get ``ratio`` of the paired mass and
+    true pairs the rest; relative weights within each group and synthetic weights are kept."""
+    paired = [i for i, k in enumerate(kinds) if k == "paired"]
+    fake = sum(weights[i] for i in paired if pseudo[i])
+    true = sum(weights[i] for i in paired if not pseudo[i])
+    mass = fake + true
+    out = list(weights)
+    for i in paired:
+        group, share = (fake, ratio) if pseudo[i] else (true, 1.0 - ratio)
+        out[i] = weights[i] / group * share * mass if group > 0 else 0.0
+    return out

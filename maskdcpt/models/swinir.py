@@ -310,8 +310,10 @@ class SwinIR(nn.Module):
             rstb.residual_group.grad_checkpointing = enable
 
     def _check_inputs(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor | None:
-        if x.ndim != 4 or x.shape[1] != self.conv_first.in_channels:
-            raise ValueError(f"input must be (B, {self.conv_first.in_channels}, H, W), got {tuple(x.shape)}")
+        # a stem widened for prior channels (models/prior.py) still takes the image's channels here
+        channels = getattr(self.conv_first, "image_channels", self.conv_first.in_channels)
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise ValueError(f"input must be (B, {channels}, H, W), got {tuple(x.shape)}")
         b, _, h, w = x.shape
         if h % self.stride or w % self.stride:
             raise ValueError(f"input size {h}x{w} is not a multiple of the stride {self.stride}; "
