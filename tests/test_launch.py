@@ -17,7 +17,7 @@ import yaml
 from maskdcpt.launch import LaunchOptions, TrainingJob, add_launcher_args, launch, resolve_target
 from maskdcpt.launch.cluster_check import load_cluster_check_config, run_cluster_check
 from maskdcpt.launch.launcher import executor_parameters
-from maskdcpt.launch.sweep import collect, expand_grid, format_table, load_spec, parse_spec
+from maskdcpt.launch.sweep import collect, expand_grid, format_table, load_spec, member_overrides, parse_spec
 from maskdcpt.launch.targets import KNOWN_TARGETS, import_function
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +117,18 @@ def test_shipped_ablation_sweep_covers_the_paper_ablations():
     for ratio in ("0.25", "0.5", "0.75"):
         for w_con in ("0.0", "0.1"):
             assert by_name[f"mask_ratio-{ratio}__w_con-{w_con}"] == [f"model.mask_ratio={ratio}", f"loss.w_con={w_con}"]
+    # Every member is a valid pre-training config placed in its own run folder.
+    from maskdcpt.training.pretrain import load_pretrain_config, run_dir
+
+    folders = set()
+    for member in spec.members:
+        cfg = load_pretrain_config(REPO / spec.base_config, member_overrides(spec, member, Path("/sweep")))
+        folders.add(run_dir(cfg))
+        for override in member.overrides:
+            key, value = override.split("=")
+            section, name = key.split(".")
+            assert getattr(getattr(cfg, section), name) == yaml.safe_load(value)
+    assert folders == {Path("/sweep") / m.name for m in spec.members}
 
 
 def _fake_sweep(tmp_path: Path) -> Path:

@@ -1,6 +1,7 @@
 """Against a real SLURM controller and node daemon (tests/slurm/start_local_cluster.sh), not a mock:
-a 2-task DDP job (gloo, CPU), preemption by `scontrol requeue` and by the preemption signal (both must
-resume and end with the weights of an uninterrupted run), and a 3-member sweep collected into a table.
+a 2-task DDP pre-training job (gloo, CPU), preemption by `scontrol requeue` and by the preemption signal
+(both must resume and end with the weights of an uninterrupted run), a 3-member pre-training sweep
+collected into a table, and the cluster check (DDP replicas agree).
 
 Skips with the reason when no cluster answers; in CI (CI=true or MASKDCPT_REQUIRE_SLURM=1) fails instead.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -16,16 +18,27 @@ from pathlib import Path
 import pytest
 import yaml
 
+import torch
+from safetensors.torch import load_file
+
 from maskdcpt.launch import LaunchOptions, launch
 from maskdcpt.launch import sweep as sweep_mod
 
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET = "cluster_check"
-# Few tiny steps; the pause gives the test time to interrupt a running job after its first checkpoint.
-TRAIN = ["train.max_steps=24", "train.checkpoint_every=4", "train.step_sleep_s=0.4"]
-JOB_TIMEOUT_S = 300
+TARGET = "pretrain"
+# The tiny real pre-training (embedded photos, degradation engine, masking, 3 losses) on 64² crops.
+TINY = ["model.name=nafnet_tiny", "data.crop_size=64", "data.crops_per_image=2", "train.batch_size=4",
+        "train.log_every=1", "train.progress=false", "data.engine={types: [noise, jpeg, motion_blur, haze]}"]
+# Enough steps after the first checkpoint (step 4) that the test can interrupt a running job.
+STEPS = 40
+TRAIN = [*TINY, f"train.max_steps={STEPS}", "train.checkpoint_every=4"]
+JOB_TIMEOUT_S = 400
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / "last.safetensors"))
 
 
 def _cluster_problem() -> str | None:
@@ -118,41 +131,55 @@ def runs(partition, tmp_path_factory):
     return root, jobs
 
 
-def test_two_task_ddp_job_runs_with_the_requested_resources(runs, partition):
+def test_two_task_ddp_pretraining_runs_with_the_requested_resources(runs, partition):
     root, jobs = runs
     job = jobs["reference"]
     rank0, rank1 = _wait(job)
-    assert (rank0["rank"], rank1["rank"], rank0["world_size"], rank1["world_size"]) == (0, 1, 2, 2)
-    assert rank0["weights"] == rank1["weights"], "DDP replicas diverged"
-    assert rank0["start_step"] == 0 and rank0["step"] == 24
+    assert rank0["step"] == rank1["step"] == STEPS
     info = _scontrol_job(str(job.job_id))
     assert (info["NumTasks"], info["Partition"], info["TimeLimit"]) == ("2", partition, "00:15:00")
     assert info["JobName"] == "maskdcpt-test"
     run_dir = root / "reference"
-    assert json.loads((run_dir / "metrics.json").read_text())["weights"] == rank0["weights"]
-    assert (run_dir / "slurm" / str(job.job_id) / f"{job.job_id}_0_log.out").is_file()
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == STEPS
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "tensorboard").is_dir()
+    # Logs sit in the run folder; both tasks ran, as ranks 0 and 1 of one gloo group.
+    logs = run_dir / "slurm" / str(job.job_id)
+    assert (logs / f"{job.job_id}_0_log.out").is_file() and (logs / f"{job.job_id}_1_log.out").is_file()
+    assert "run folder:" in (logs / f"{job.job_id}_0_log.out").read_text()
+
+
+def test_cluster_check_ddp_replicas_agree(partition, tmp_path):
+    opts = LaunchOptions(launcher="slurm", partition=partition, tasks_per_node=2, timeout_min=5)
+    job = launch("cluster_check", None, [f"run.output_dir={tmp_path}", "train.max_steps=6"], opts)
+    rank0, rank1 = _wait(job)
+    assert (rank0["rank"], rank1["rank"], rank0["world_size"], rank1["world_size"]) == (0, 1, 2, 2)
+    assert rank0["weights"] == rank1["weights"], "DDP replicas diverged"
 
 
 @pytest.mark.parametrize("how", ["scontrol_requeue", "preemption_signal"])
 def test_interrupted_job_resumes_and_ends_with_the_uninterrupted_weights(runs, how):
     root, jobs = runs
-    reference = _wait(jobs["reference"])[0]
-    rank0, rank1 = _wait(jobs[how])
-    assert int(_scontrol_job(str(jobs[how].job_id))["Restarts"]) >= 1, "SLURM never requeued the job"
-    assert rank0["start_step"] >= 4, f"the requeued job started from step {rank0['start_step']}, not a checkpoint"
-    assert rank0["weights"] == rank1["weights"] == reference["weights"]
-    assert (root / how / "weights.safetensors").read_bytes() == (root / "reference" / "weights.safetensors").read_bytes()
+    _wait(jobs["reference"])
+    job = jobs[how]
+    rank0, _ = _wait(job)
+    assert rank0["step"] == STEPS
+    assert int(_scontrol_job(str(job.job_id))["Restarts"]) >= 1, "SLURM never requeued the job"
+    log = (root / how / "slurm" / str(job.job_id) / f"{job.job_id}_0_log.out").read_text()
+    resumed = re.findall(r"resumed from .*last\.ckpt at step (\d+)", log)
+    assert resumed and int(resumed[-1]) >= 4, f"the requeued job did not resume from a checkpoint:\n{log[-2000:]}"
     if how == "preemption_signal":
-        log = (root / how / "slurm" / str(jobs[how].job_id) / f"{jobs[how].job_id}_0_log.out").read_text()
         assert "requeueing; resume=" in log, "TrainingJob.checkpoint() was not called"
+    reference, interrupted = _weights(root / "reference"), _weights(root / how)
+    assert len(reference) > 0 and reference.keys() == interrupted.keys()
+    assert all(torch.equal(reference[k], interrupted[k]) for k in reference), "weights differ from the uninterrupted run"
 
 
 def test_three_member_sweep_runs_as_one_array_and_collects(partition, tmp_path, capsys):
     spec = tmp_path / "lr.yaml"
     spec.write_text(yaml.safe_dump({
         "target": TARGET,
-        "base_overrides": ["train.max_steps=6", "train.checkpoint_every=3"],
-        "grid": {"train.lr": [0.01, 0.02, 0.05]},
+        "base_overrides": [*TINY, "train.max_steps=3"],
+        "grid": {"model.mask_ratio": [0.25, 0.5, 0.75]},
     }))
     sweep_dir = tmp_path / "sweep"
     argv = [str(spec), "--sweep-dir", str(sweep_dir), "--launcher", "slurm", "--partition", partition,
@@ -171,9 +198,11 @@ def test_three_member_sweep_runs_as_one_array_and_collects(partition, tmp_path, 
     assert sweep_mod.main(["--collect", str(sweep_dir)]) == 0
     printed = capsys.readouterr().out
     rows = sweep_mod.collect(sweep_dir)
-    assert [r["name"] for r in rows] == ["lr-0.01", "lr-0.02", "lr-0.05"]
-    assert all(r["status"] == "done" and r["step"] == 6 for r in rows)
-    assert len({r["loss"] for r in rows}) == 3  # each member really ran with its own learning rate
+    assert [r["name"] for r in rows] == ["mask_ratio-0.25", "mask_ratio-0.5", "mask_ratio-0.75"]
+    assert all(r["status"] == "done" and r["step"] == 3 for r in rows), rows
+    assert len({r["loss/rec"] for r in rows}) == 3  # each member really ran with its own mask ratio
+    for m, ratio in zip(manifest["members"], (0.25, 0.5, 0.75)):
+        assert yaml.safe_load((Path(m["run_dir"]) / "config.yaml").read_text())["model"]["mask_ratio"] == ratio
     for m in manifest["members"]:
         assert Path(m["run_dir"]) == sweep_dir.resolve() / m["name"]
-    assert "lr-0.05" in printed and (sweep_dir / "results.csv").is_file()
+    assert "mask_ratio-0.75" in printed and (sweep_dir / "results.csv").is_file()

@@ -146,13 +146,16 @@ def remove_unexpanded_folder(folder: Path) -> None:
 
 
 def launch(target: str | Target, config_path: str | None, overrides: Sequence[str],
-           args: argparse.Namespace | LaunchOptions) -> Any:
+           args: argparse.Namespace | LaunchOptions, resume: bool | str | None = None) -> Any:
     """Submit ``target`` with its config; ``None`` when ``--launcher none`` (the caller runs it itself).
 
     The config is loaded here first so that a wrong key fails in the shell, not in the queue.
+    ``resume`` defaults to ``args.resume`` when the tool has that option, else ``"auto"``.
     Prints the job id and where its logs are; with ``--wait`` also blocks and prints the result.
     """
     opts = args if isinstance(args, LaunchOptions) else LaunchOptions.from_args(args)
+    if resume is None:
+        resume = getattr(args, "resume", "auto")
     if opts.launcher == "none":
         return None
     tgt = resolve_target(target)
@@ -162,7 +165,7 @@ def launch(target: str | Target, config_path: str | None, overrides: Sequence[st
     cfg = tgt.config(config_path, list(overrides))
     folder = tgt.folder(cfg).resolve()
     executor = build_executor(opts, folder / "slurm" / "%j")
-    job = executor.submit(TrainingJob(tgt, config_path, list(overrides)))
+    job = executor.submit(TrainingJob(tgt, config_path, list(overrides), resume=resume))
     remove_unexpanded_folder(folder / "slurm" / "%j")
     stdout, stderr = job_log_paths(job)
     print(f"submitted job {job.job_id} ({opts.launcher}); run folder: {folder}")

@@ -39,9 +39,14 @@ class TrainingJob:
         target: Target = self.target  # type: ignore[assignment]
         cfg = target.config(self.config_path, self.overrides)
         run = target.function("run")
-        if target.accepts_resume():
-            return run(cfg, resume=self.resume)
-        return run(cfg)
+        if not target.accepts_resume():
+            return run(cfg)
+        resume = self.resume
+        if resume is False and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
+            # `scontrol requeue` (or a node failure) reruns the original pickle: --no-resume meant
+            # "do not continue an older run", never "throw away this job's own progress".
+            resume = "auto"
+        return run(cfg, resume=resume)
 
     def last_checkpoint(self) -> Path:
         target: Target = self.target  # type: ignore[assignment]
