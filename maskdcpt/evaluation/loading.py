@@ -94,5 +94,10 @@ def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", a
         model = create_model(name, **kwargs)
     except ValueError as err:
         raise ValueError(f"{file}: {err}") from None
+    prior_channels = int(metadata.get("prior_channels", "0") or 0)
+    if prior_channels:  # fine-tuned with generative priors as extra input channels
+        from maskdcpt.models.prior import add_prior_channels
+
+        add_prior_channels(model, prior_channels)
     load_pretrained(model, file, strict=True)
     return model.to(device).eval()

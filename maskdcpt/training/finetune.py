@@ -1,0 +1,207 @@
+"""Fine-tuning: a pre-trained backbone as an all-in-one restorer (L1, EMA, clipping, cosine).
+
+The same :class:`Trainer` as pre-training runs it; only the task differs. The pre-trained
+weights load strictly into the dense restorer: masked and dense backbones share every name
+and shape, so nothing but the classifier (not part of the restorer) stays behind, and nothing
+is new unless asked for (prior channels).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..config import load_config, save_config
+from ..data.config import DataConfig
+from ..models import create_model
+from ..models.checkpoint import read_state_dict
+from ..models.prior import add_prior_channels, load_into_prior_model
+from .distributed import DistInfo, cleanup_distributed, init_distributed
+from .ema import ModelEMA
+from .logging import TensorBoardLogger, image_grid
+from .optim import OptimConfig, ParamGroup
+from .trainer import StepOutput, Trainer, TrainConfig, resolve_device
+
+
+@dataclass
+class RestorerConfig:
+    name: str = "nafnet_tiny"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    prior_channels: int = 0  # > 0: generative restorations as extra input (sources need 'prior' folders)
+
+
+def _finetune_optim() -> OptimConfig:
+    # DCPT's 5D fine-tuning recipe: AdamW 3e-4, wd 0, clip 0.01, cosine to 1e-6.
+    return OptimConfig(lr=3e-4, weight_decay=0.0, min_lr=1e-6, grad_clip=0.01)
+
+
+def _five_d_engine() -> dict[str, Any]:
+    # The 5D task set when no paired folders are configured: the engine restricted to its types,
+    # with Gaussian noise at the test levels' span (σ 15–50).
+    return {
+        "types": ["rain_streaks", "noise", "haze", "low_light", "motion_blur"],
+        "params": {"noise": {"sigma": [15.0, 50.0], "model_probs": [1.0, 0.0, 0.0], "gray_prob": 0.0}},
+    }
+
+
+@dataclass
+class FinetuneRunConfig:
+    output_dir: str = "runs"
+    name: str | None = None  # None: "finetune_<model.name>"
+
+
+@dataclass
+class FinetuneConfig:
+    model: RestorerConfig = field(default_factory=RestorerConfig)
+    pretrained: str = "none"  # none | encoder .safetensors | pre-training run folder | release .pth
+    pretrained_key: str = "params_ema"  # wrapper key of a release .pth (falls back to 'params')
+    ema_decay: float = 0.999
+    optim: OptimConfig = field(default_factory=_finetune_optim)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(engine=_five_d_engine()))
+    run: FinetuneRunConfig = field(default_factory=FinetuneRunConfig)
+
+
+def load_finetune_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> FinetuneConfig:
+    cfg = load_config(FinetuneConfig, path, overrides)
+    if not 0.0 <= cfg.ema_decay <= 1.0:
+        raise ValueError(f"ema_decay must lie in [0, 1], got {cfg.ema_decay}")
+    if cfg.model.prior_channels < 0:
+        raise ValueError(f"model.prior_channels must be >= 0, got {cfg.model.prior_channels}")
+    has_prior = bool(cfg.data.sources) and all(s.prior for s in cfg.data.sources)
+    if cfg.model.prior_channels and not has_prior:
+        raise ValueError("model.prior_channels > 0 needs every data source to name a 'prior' folder")
+    if has_prior and not cfg.model.prior_channels:
+        raise ValueError("the data sources have 'prior' folders: set model.prior_channels (3 for RGB priors)")
+    return cfg
+
+
+def run_dir(cfg: FinetuneConfig) -> Path:
+    return Path(cfg.run.output_dir) / (cfg.run.name or f"finetune_{cfg.model.name}")
+
+
+def _pretrained_file(spec: str) -> Path:
+    path = Path(spec)
+    if path.is_dir():  # a pre-training run folder
+        candidate = path / "encoder.safetensors"
+        if not candidate.is_file():
+            raise ValueError(f"pre-training run {str(path)!r} has no encoder.safetensors; run tools/export_encoder.py")
+        return candidate
+    if not path.is_file():
+        raise ValueError(f"pretrained: {spec!r} does not exist")
+    return path
+
+
+def load_pretrained_weights(model: nn.Module, spec: str, key: str = "params_ema") -> str:
+    """Load ``spec`` strictly into the dense restorer; returns a report of what was loaded."""
+    if spec.lower() == "none":
+        return "pretrained: none — training from scratch"
+    path = _pretrained_file(spec)
+    state, used = read_state_dict(path, key)
+    import sys
+
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    stem = f"{model.prior_stem_name}.weight" if getattr(model, "prior_channels", 0) else None
+    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape and k != stem]
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"{path}: does not match {type(model).__name__} strictly — missing {missing[:10]}, unexpected "
+            f"{unexpected[:10]}, mis-shaped {mismatched[:10]} ({len(missing)}/{len(unexpected)}/{len(mismatched)})"
+        )
+    if stem:
+        new = load_into_prior_model(model, state)
+    else:
+        model.load_state_dict(state, strict=True)
+        new = []
+    lines = [f"pretrained: loaded all {len(state)} tensors of {type(model).__name__} from {path}"
+             + (f" (key {used!r})" if used else "")]
+    lines.append("new by design: " + (", ".join(new) if new else "nothing"))
+    return "\n".join(lines)
+
+
+def build_restorer(cfg: FinetuneConfig) -> nn.Module:
+    model = create_model(cfg.model.name, **cfg.model.kwargs)
+    return add_prior_channels(model, cfg.model.prior_channels)
+
+
+class FinetuneTask:
+    """All-in-one restoration: L1 between the restorer's output and GT; EMA of the weights."""
+
+    has_unused_parameters = False
+
+    def __init__(self, cfg: FinetuneConfig, dist: DistInfo):
+        self.cfg = cfg
+        self.model = build_restorer(cfg)
+        self.report = load_pretrained_weights(self.model, cfg.pretrained, cfg.pretrained_key)
+        self.ema = ModelEMA(self.model, cfg.ema_decay)
+
+    def param_groups(self, optim: OptimConfig) -> list[ParamGroup]:
+        return [ParamGroup("restorer", list(self.model.parameters()), optim.lr, optim.weight_decay)]
+
+    def _input(self, batch: dict[str, Any]) -> torch.Tensor:
+        if self.cfg.model.prior_channels:
+            return torch.cat([batch["lq"], batch["prior"]], dim=1)
+        return batch["lq"]
+
+    def step(self, model: nn.Module, batch: dict[str, Any], step: int) -> StepOutput:
+        pred = model(self._input(batch))
+        l1 = (pred.float() - batch["gt"].float()).abs().mean()
+        return StepOutput(l1, {"loss/l1": l1, "loss/total": l1}, {"pred": pred})
+
+    def metrics(self, out: StepOutput, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        mse = ((out.extras["pred"].detach().float().clamp(0, 1) - batch["gt"].float()) ** 2).flatten(1).mean(1)
+        return {"metrics/psnr": (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()}
+
+    def images(self, out: StepOutput, batch: dict[str, Any], logger: TensorBoardLogger, step: int) -> None:
+        rows = [batch["lq"], out.extras["pred"], batch["gt"]]
+        logger.image("images/lq_restored_gt", image_grid(rows), step)
+
+    def after_step(self, step: int) -> None:
+        self.ema.update(self.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema": self.ema.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+
+    def export(self, run_dir: Path) -> None:
+        from ..evaluation.loading import save_restorer
+
+        extra = {"prior_channels": str(self.cfg.model.prior_channels), "ema_decay": str(self.cfg.ema_decay)}
+        save_restorer(self.ema.module, run_dir / "restorer.safetensors", self.cfg.model.name, self.cfg.model.kwargs, extra)
+
+
+def run_finetuning(cfg: FinetuneConfig, resume: bool | str = "auto") -> dict[str, Any]:
+    """A complete fine-tuning run in ``run_dir(cfg)``; writes ``restorer.safetensors`` (EMA weights)."""
+    device = resolve_device(cfg.train.device)
+    dist = init_distributed(device.type)
+    try:
+        torch.manual_seed(cfg.train.seed)
+        out_dir = run_dir(cfg)
+        if dist.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out_dir / "config.yaml")
+        task = FinetuneTask(cfg, dist)
+        if dist.is_main:
+            print(task.report, flush=True)
+        from .pretrain import build_loader_factory
+
+        trainer = Trainer(task, cfg.train, cfg.optim, out_dir, build_loader_factory(cfg, dist), dist)
+        if dist.is_main:
+            print(f"run folder: {out_dir.resolve()}", flush=True)
+        metrics = trainer.fit(resume)
+        if dist.is_main:
+            print(f"done at step {metrics['step']}: EMA restorer in {out_dir.resolve() / 'restorer.safetensors'}", flush=True)
+        return metrics
+    finally:
+        cleanup_distributed()

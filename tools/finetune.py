@@ -1,0 +1,36 @@
+#!/usr/bin/env python
+"""Fine-tune a (pre-trained) restorer for all-in-one restoration.
+
+    python tools/finetune.py --pretrained runs/pretrain_nafnet_tiny/encoder.safetensors
+    python tools/finetune.py --pretrained encoder.safetensors --config configs/finetune/nafnet_5d.yaml
+    python tools/finetune.py --pretrained none --config configs/finetune/restormer_5d.yaml train.max_steps=30
+"""
+import argparse
+import sys
+
+from maskdcpt.training.finetune import load_finetune_config, run_finetuning
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config (default: tiny NAFNet on the synthetic 5D set)")
+    parser.add_argument("--pretrained", help="encoder .safetensors, a pre-training run folder, a release .pth, or none")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", nargs="?", const=True, default="auto", metavar="CKPT",
+                       help="resume from the run folder's last checkpoint (default: automatic if one exists) or CKPT")
+    group.add_argument("--no-resume", dest="resume", action="store_false", help="start fresh even if a checkpoint exists")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=30")
+    args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    if args.pretrained is not None:
+        overrides.append(f"pretrained={args.pretrained}")
+    try:
+        cfg = load_finetune_config(args.config, overrides)
+        run_finetuning(cfg, resume=args.resume)
+    except ValueError as err:
+        parser.error(str(err))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
