@@ -158,7 +158,12 @@ def _sync(device: torch.device) -> None:
 def time_training(model: nn.Module, loss: Callable, dtype: str, cfg: BenchConfig) -> tuple[float, float | None]:
     """Images per second of full training steps, and the peak CUDA memory in GB (None on CPU)."""
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(cfg.device, memory_format=fmt).train()
+    model.to(cfg.device).train()
+    # Only 4-D conv weights take channels_last; a whole-model .to(memory_format=...) fails on
+    # models holding 5-D parameters (PromptIR's prompts).
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            module.to(memory_format=fmt)
     opt_kwargs = {"fused": True} if cfg.fused else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, **opt_kwargs)
     step_loss = torch.compile(loss) if cfg.compile else loss
