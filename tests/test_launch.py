@@ -259,3 +259,44 @@ def test_local_preemption_signal_checkpoints_requeues_and_ends_with_the_same_wei
     assert result["weights"] == reference["weights"]
     log = Path(job.paths.stdout.as_posix().replace("%t", "0")).read_text() + Path(job.paths.stderr).read_text()
     assert "requeueing; resume=" in log
+
+
+TOOL = '''
+import argparse
+from pathlib import Path
+
+from maskdcpt.launch import add_launcher_args, launch_tool
+
+
+def main(argv):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--value", type=int, default=1)
+    add_launcher_args(parser)
+    args = parser.parse_args(argv)
+    if launch_tool(__file__, argv, args.out, args) is not None:
+        return 0
+    if args.value < 0:
+        return 3
+    Path(args.out, "result.txt").write_text(f"{args.value * 2} {args.launcher}")
+    return 0
+'''
+
+
+def test_tool_job_reruns_the_tool_in_process_inside_the_job(tmp_path):
+    from maskdcpt.launch import ToolJob
+    from maskdcpt.launch.launcher import launch_tool
+
+    script = tmp_path / "tool.py"
+    script.write_text(TOOL)
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["--out", str(out), "--value", "21", "--launcher", "debug"]
+    # The debug executor runs the job in this process when its result is asked for.
+    job = launch_tool(script, argv, out, LaunchOptions(launcher="debug"))
+    assert not (out / "result.txt").exists()
+    assert job.result() == 0
+    assert (out / "result.txt").read_text() == "42 none"  # ran in-process: the appended --launcher none won
+    assert launch_tool(script, argv, out, LaunchOptions()) is None
+    with pytest.raises(RuntimeError, match="exited with status 3"):
+        ToolJob(str(script), ["--out", str(out), "--value", "-1"])()

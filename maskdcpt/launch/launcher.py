@@ -6,6 +6,13 @@ Two lines wire it into a tool (the shape of MAE's ``submitit_pretrain.py``, with
     if launch("pretrain", args.config, args.overrides, args) is None:   # --launcher none: run here
         run_pretraining(load_pretrain_config(args.config, args.overrides))
 
+Tools without a typed config (``tools/evaluate.py``) use :func:`launch_tool` instead, which re-runs the
+tool itself inside the job::
+
+    add_launcher_args(parser)
+    if launch_tool(__file__, sys.argv[1:] if argv is None else argv, args.out or "runs/evaluate", args):
+        return 0
+
 Job files (pickles, per-task stdout/stderr, results) go to ``RUN_DIR/slurm/<job id>/`` beside the
 run's checkpoints, so both must sit on storage that every node and the submitting machine share.
 """
@@ -16,7 +23,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-from maskdcpt.launch.submitit_job import TrainingJob
+from maskdcpt.launch.submitit_job import ToolJob, TrainingJob
 from maskdcpt.launch.targets import Target, resolve_target
 
 LAUNCHERS = ("none", "local", "slurm", "debug")
@@ -173,4 +180,26 @@ def launch(target: str | Target, config_path: str | None, overrides: Sequence[st
     if opts.wait:
         # A multi-task job returns one result per task; rank 0's speaks for the run.
         print(f"job {job.job_id} finished: {job.results()[0]}")
+    return job
+
+
+def launch_tool(script: str | Path, argv: Sequence[str], run_folder: str | Path,
+                args: argparse.Namespace | LaunchOptions) -> Any:
+    """Submit ``script``'s ``main(argv)`` as a job (job files in ``run_folder/slurm/<job id>``).
+
+    ``None`` when ``--launcher none``: the caller goes on in-process. ``argv`` may keep the launch
+    options: the job appends ``--launcher none``, which overrides them.
+    """
+    opts = args if isinstance(args, LaunchOptions) else LaunchOptions.from_args(args)
+    if opts.launcher == "none":
+        return None
+    folder = Path(run_folder).resolve()
+    executor = build_executor(opts, folder / "slurm" / "%j")
+    job = executor.submit(ToolJob(str(script), list(argv)))
+    remove_unexpanded_folder(folder / "slurm" / "%j")
+    stdout, stderr = job_log_paths(job)
+    print(f"submitted job {job.job_id} ({opts.launcher}): {Path(script).name}; logs: {stdout}\n      {stderr}")
+    if opts.wait:
+        job.results()
+        print(f"job {job.job_id} finished")
     return job

@@ -68,6 +68,41 @@ class TrainingJob:
         return submitit.helpers.DelayedSubmission(dataclasses.replace(self, resume=resume))
 
 
+@dataclasses.dataclass
+class ToolJob:
+    """A command-line tool re-run inside the job: ``main(argv + ["--launcher", "none"])`` of ``script``.
+
+    For tools without a typed config (``tools/evaluate.py``). The script is found by its absolute
+    path when the job starts, and a requeue simply runs it again (they are expected to be idempotent).
+    """
+
+    script: str
+    argv: Sequence[str]
+
+    def __post_init__(self) -> None:
+        self.script = str(Path(self.script).resolve())
+        self.argv = list(self.argv)
+
+    def __call__(self) -> int:
+        import runpy
+
+        export_distributed_environment()
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        main = runpy.run_path(self.script, run_name="maskdcpt_tool_job").get("main")
+        if main is None:
+            raise ValueError(f"tool {self.script!r} has no main(argv) function")
+        # The last --launcher wins in argparse: the job itself must run in-process, not submit again.
+        code = main([*self.argv, "--launcher", "none"])
+        if code:
+            raise RuntimeError(f"{Path(self.script).name} {' '.join(self.argv)} exited with status {code}")
+        return 0
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(dataclasses.replace(self))
+
+
 def export_distributed_environment() -> dict[str, str]:
     """Set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` from the job.
 

@@ -54,11 +54,6 @@ KNOWN_TARGETS: dict[str, Target] = {
         load_config="maskdcpt.training.finetune:load_finetune_config",
         run_dir="maskdcpt.training.finetune:run_dir",
     ),
-    "evaluate": Target(
-        run="maskdcpt.evaluation.evaluate:run_evaluation",
-        load_config="maskdcpt.evaluation.evaluate:load_evaluation_config",
-        run_dir="maskdcpt.evaluation.evaluate:run_dir",
-    ),
     "cluster_check": Target(
         run="maskdcpt.launch.cluster_check:run_cluster_check",
         load_config="maskdcpt.launch.cluster_check:load_cluster_check_config",

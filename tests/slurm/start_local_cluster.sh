@@ -30,6 +30,12 @@ fi
 
 mkdir -p "$STATE"/{ctld,d,log,run}
 
+# slurmd, srun and the jobs' MASTER_ADDR all use the node's short host name: it must resolve.
+if ! getent hosts "$HOST" >/dev/null; then
+    log "adding $HOST to /etc/hosts (it did not resolve)"
+    echo "127.0.0.1 $HOST" >> /etc/hosts
+fi
+
 # --- munge -------------------------------------------------------------------------------
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     if [ ! -s /etc/munge/munge.key ]; then
