@@ -29,6 +29,7 @@ from .restormer import (
     Downsample,
     PatchEmbed,
     RestorationUNetBase,
+    RestormerConfig,
     TransformerBlock,
     TransformerStage,
     Upsample,
@@ -69,16 +70,10 @@ class PromptGenBlock(nn.Module):
 
 
 @dataclass
-class PromptIRConfig:
-    """PromptIR hyper-parameters; defaults are the MaskDCPT release's dense class at window_size 8."""
+class PromptIRConfig(RestormerConfig):
+    """PromptIR hyper-parameters: Restormer's plus the prompts; defaults are the MaskDCPT release's
+    dense class at window_size 8."""
 
-    in_channels: int = 3
-    out_channels: int = 3
-    dim: int = 48
-    num_blocks: tuple[int, int, int, int] = (4, 6, 6, 8)
-    num_refinement_blocks: int = 4
-    heads: tuple[int, int, int, int] = (1, 2, 4, 8)
-    ffn_expansion_factor: float = 2.66
     bias: bool = True  # the dense release class's default; its fine-tuned checkpoints have these biases
     prompt_dims: tuple[int, int, int] = (64, 128, 320)  # prompt1 (H/2), prompt2 (H/4), prompt3 (H/8)
     prompt_len: int = 5

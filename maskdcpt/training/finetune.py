@@ -23,6 +23,7 @@ from .distributed import DistInfo, cleanup_distributed, init_distributed
 from .ema import ModelEMA
 from .logging import TensorBoardLogger, image_grid
 from .optim import OptimConfig, ParamGroup
+from .pretrain import RunConfig, build_loader_factory
 from .trainer import StepOutput, Trainer, TrainConfig, resolve_device
 
 
@@ -48,12 +49,6 @@ def _five_d_engine() -> dict[str, Any]:
 
 
 @dataclass
-class FinetuneRunConfig:
-    output_dir: str = "runs"
-    name: str | None = None  # None: "finetune_<model.name>"
-
-
-@dataclass
 class FinetuneConfig:
     model: RestorerConfig = field(default_factory=RestorerConfig)
     pretrained: str = "none"  # none | encoder .safetensors | pre-training run folder | release .pth
@@ -62,7 +57,7 @@ class FinetuneConfig:
     optim: OptimConfig = field(default_factory=_finetune_optim)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(engine=_five_d_engine()))
-    run: FinetuneRunConfig = field(default_factory=FinetuneRunConfig)
+    run: RunConfig = field(default_factory=RunConfig)  # name None: "finetune_<model.name>"
 
 
 def load_finetune_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> FinetuneConfig:
@@ -194,8 +189,6 @@ def run_finetuning(cfg: FinetuneConfig, resume: bool | str = "auto") -> dict[str
         task = FinetuneTask(cfg, dist)
         if dist.is_main:
             print(task.report, flush=True)
-        from .pretrain import build_loader_factory
-
         trainer = Trainer(task, cfg.train, cfg.optim, out_dir, build_loader_factory(cfg, dist), dist)
         if dist.is_main:
             print(f"run folder: {out_dir.resolve()}", flush=True)
