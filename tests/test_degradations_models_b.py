@@ -9,7 +9,9 @@ from degradations import degrade, resolve
 from degradations.haze import plausible_depth, scatter, transmission
 from degradations.mixed import CDD11_COMBINATIONS
 from degradations.moire import MOIRE_RANGES
-from degradations.rain import DROP_COLUMNS, DROP_RANGES, STREAK_RANGES, apply_raindrops, blend_rain, rain_streak_layer
+from degradations.rain import (
+    DROP_COLUMNS, DROP_RANGES, STREAK_RANGES, apply_raindrops, blend_rain, draw_drops, rain_streak_layer,
+)
 from degradations.sampling import make_rng
 from degradations.snow import SNOW_RANGES, composite_snow, snow_mask
 
@@ -128,25 +130,43 @@ def test_rain_streaks_are_elongated_along_their_angle():
 
 
 def _lens_ranges() -> dict:
-    # a pure lens: no blur, no magnification, no distortion, no shading; only the inversion remains
-    return {**DROP_RANGES, "magnification": [1.0, 1.0], "distortion": [0.0, 0.0], "drop_blur": [0.0, 0.0],
-            "background_blur": [0.0, 0.0], "rim_darkness": [0.0, 0.0], "specular": [0.0, 0.0],
+    # a pure lens: no blur, no minification, no distortion, no shading; only the inversion remains
+    return {**DROP_RANGES, "minification": [1.0, 1.0], "distortion": [0.0, 0.0], "view_blur": [0.0, 0.0],
+            "background_blur": [0.0, 0.0], "rim_darkness": [0.0, 0.0], "highlight": [0.0, 0.0],
+            "flatten": [0.0, 0.0], "brighten": [0.0, 0.0], "wobble": [0.0, 0.0], "elongation": 0.0,
             "metaball_prob": 0.0, "count": [6, 6], "radius": [20.0, 20.0], "aspect": [1.0, 1.0]}
 
 
-def _interiors(image, out, params, flip):
-    """Per drop, (output interior, clean patch mirrored through the drop centre or not)."""
+def _interiors(image, out, params, flip, scaled=False):
+    """Per drop, (output interior, clean patch mirrored through the drop centre or not).
+
+    ``scaled``: the clean patch spans the drop's recorded minification (the wider area the lens
+    shows), resampled to the interior's size, and only drops clear of every other drop count
+    (where drops merge, the larger one's lens covers the smaller one).
+    """
     col = {n: i for i, n in enumerate(params["drop_columns"])}
+    table = np.array(params["drops"])
+    # a drop and its metaball blob lie within 1.9 radii of its centre
+    reach_all = 1.9 * np.maximum(table[:, col["rx"]], table[:, col["ry"]]) + 1
+    gaps = np.hypot(table[:, None, col["cx"]] - table[None, :, col["cx"]],
+                    table[:, None, col["cy"]] - table[None, :, col["cy"]])
+    clear = ((gaps > reach_all[:, None] + reach_all[None]) | np.eye(len(table), dtype=bool)).all(1)
     pairs = []
-    for d in params["drops"]:
+    for d, alone in zip(params["drops"], clear):
+        if scaled and not alone:
+            continue
         cx, cy = int(round(d[col["cx"]])), int(round(d[col["cy"]]))
         r = int(0.5 * min(d[col["rx"]], d[col["ry"]]))  # well inside the alpha ramp
+        k = d[col["minification"]] if scaled else 1.0
+        reach = int(round(r * k))
         if r < 3:
             continue
-        if not (r + 1 <= cx < image.shape[1] - r - 1 and r + 1 <= cy < image.shape[0] - r - 1):
+        if not (reach + 1 <= cx < image.shape[1] - reach - 1 and reach + 1 <= cy < image.shape[0] - reach - 1):
             continue
         got = out[cy - r : cy + r + 1, cx - r : cx + r + 1, 0]
-        clean = image[cy - r : cy + r + 1, cx - r : cx + r + 1, 0]
+        clean = image[cy - reach : cy + reach + 1, cx - reach : cx + reach + 1, 0]
+        if scaled:
+            clean = cv2.resize(clean, (2 * r + 1, 2 * r + 1), interpolation=cv2.INTER_AREA)
         pairs.append((got.ravel(), (clean[::-1, ::-1] if flip else clean).ravel()))
     return pairs
 
@@ -165,14 +185,39 @@ def test_raindrops_show_the_scene_inverted(texture):
     assert len(flipped) >= 10
     assert np.median(flipped) > 0.9, np.median(flipped)
     assert np.median(upright) < 0.5, np.median(upright)
-    # with the default lens (magnified, blurred) the inversion still dominates
-    spec = resolve("raindrops")
-    f2, u2 = [], []
+
+
+def test_default_raindrops_show_a_wider_inverted_view():
+    """With the default lens (minified, fish-eye, blurred, flattened) a drop still shows the
+    point-reflected scene of the wider area around it: the flipped, scaled-down neighbourhood
+    correlates clearly better than the same neighbourhood upright."""
+    rng = np.random.default_rng(5)
+    coarse = cv2.GaussianBlur(rng.random((256, 256), dtype=np.float32), (0, 0), 5.0)
+    coarse = (coarse - coarse.min()) / (coarse.max() - coarse.min())
+    coarse = np.repeat(coarse[..., None], 3, axis=2)
+    # default lens at the top level; a few mid-sized drops so that most stand clear of the others
+    ranges = {**resolve("raindrops").ranges, "count": [8, 8], "radius": [8.0, 20.0]}
+    flipped, upright = [], []
     for seed in range(4):
-        out, alpha, params = apply_raindrops(texture.copy(), 0.3, make_rng(seed), dict(spec.ranges))
-        f2 += [np.corrcoef(g, r)[0, 1] for g, r in _interiors(texture, out, params, flip=True)]
-        u2 += [np.corrcoef(g, r)[0, 1] for g, r in _interiors(texture, out, params, flip=False)]
-    assert np.median(f2) > np.median(u2) + 0.2, (np.median(f2), np.median(u2))
+        out, alpha, params = apply_raindrops(coarse.copy(), 1.0, make_rng(seed), ranges)
+        flipped += [np.corrcoef(g, r)[0, 1] for g, r in _interiors(coarse, out, params, flip=True, scaled=True)]
+        upright += [np.corrcoef(g, r)[0, 1] for g, r in _interiors(coarse, out, params, flip=False, scaled=True)]
+    assert len(flipped) >= 10
+    assert np.median(flipped) > 0.5, np.median(flipped)
+    assert np.median(flipped) > np.median(upright) + 0.5, (np.median(flipped), np.median(upright))
+
+
+def test_raindrops_are_transparent():
+    """A drop is clear water, not a glossy marble: on a uniform scene it is nearly invisible, a
+    little brighter (light gathered from a wide area), with only a thin rim and a faint highlight."""
+    flat = np.full((128, 128, 3), 0.4, np.float32)
+    spec = resolve("raindrops")
+    for level, seed in ((0.3, 0), (1.0, 1), (1.0, 2)):
+        out, alpha, params = apply_raindrops(flat.copy(), level, make_rng(seed), dict(spec.ranges))
+        dev = (out - flat)[alpha > 0.5]
+        assert dev.size > 100
+        assert 0.0 < dev.mean() < 0.05, dev.mean()
+        assert np.percentile(np.abs(dev), 99) < 0.1 and np.abs(dev).max() < 0.15, np.abs(dev).max()
 
 
 def test_raindrops_leave_the_background_nearly_unchanged(scene):
@@ -181,19 +226,40 @@ def test_raindrops_leave_the_background_nearly_unchanged(scene):
         out, alpha, params = apply_raindrops(scene.copy(), 1.0, make_rng(seed), dict(spec.ranges))
         outside = alpha == 0
         assert 0.01 < (alpha > 0.5).mean() < 0.9
-        # only the slight defocus (σ ≤ 0.8 px at 256², less here) acts outside the drops
+        # only the slight defocus (σ ≤ 1 px at 256², less here) acts outside the drops
         assert np.abs(out - scene)[outside].max() < 0.05
         inside = alpha > 0.9
         assert np.abs(out - scene)[inside].mean() > 3 * np.abs(out - scene)[outside].mean()
-        assert len(params["drops"]) == 60 and len(params["drops"][0]) == len(DROP_COLUMNS)
+        assert len(params["drops"]) == DROP_RANGES["count"][1] and len(params["drops"][0]) == len(DROP_COLUMNS)
 
 
-def test_raindrop_count_and_size_rise_with_level(scene):
+def test_raindrop_count_size_and_error_rise_with_level(scene):
     spec = resolve("raindrops")
-    counts = [len(spec.fn(scene.copy(), lv, make_rng(0), dict(spec.ranges))[1]["drops"]) for lv in (0, 0.5, 1)]
-    assert counts == [5, 32, 60] or (counts[0] == 5 and counts[0] < counts[1] < counts[2] == 60)
-    cover = [spec.fn(scene.copy(), lv, make_rng(0), dict(spec.ranges))[1]["coverage"] for lv in (0, 0.5, 1)]
+    c_lo, c_hi = DROP_RANGES["count"]
+    runs = [spec.fn(scene.copy(), lv, make_rng(0), dict(spec.ranges)) for lv in (0, 0.5, 1)]
+    counts = [len(params["drops"]) for _, params in runs]
+    assert counts[0] == c_lo and counts[0] < counts[1] < counts[2] == c_hi
+    cover = [params["coverage"] for _, params in runs]
     assert cover[0] < cover[1] < cover[2]
+    errors = [float(np.mean((out - scene) ** 2)) for out, _ in runs]  # PSNR falls as the level rises
+    assert errors[0] < errors[1] < errors[2], errors
+
+
+def test_raindrop_sizes_are_skewed_small_and_large_drops_sag():
+    """Many small drops and few large ones; large drops are elongated downwards (tilted pane)."""
+    col = {n: i for i, n in enumerate(DROP_COLUMNS)}
+    drops = np.concatenate([draw_drops((256, 256), 1.0, make_rng(s), DROP_RANGES, 1.0) for s in range(5)])
+    rx, ry = drops[:, col["rx"]], drops[:, col["ry"]]
+    r_lo, r_hi = DROP_RANGES["radius"]
+    assert (rx >= r_lo - 1e-4).all() and (rx <= r_hi + 1e-4).all()
+    assert (rx < r_lo + (r_hi - r_lo) / 3).mean() > 0.6  # most drops are in the smallest third
+    assert (rx > r_lo + 2 * (r_hi - r_lo) / 3).sum() > 0  # but large drops do occur
+    large, small = rx > np.percentile(rx, 80), rx < np.percentile(rx, 50)
+    assert np.median(ry[large] / rx[large]) > np.median(ry[small] / rx[small]) + 0.05
+    # a large drop's second blob hangs below its centre (y grows downwards)
+    has_blob = drops[:, col["blob_rx"]] > 0
+    below = drops[:, col["blob_cy"]] > drops[:, col["cy"]]
+    assert below[large & has_blob].mean() > 0.9
 
 
 def test_streaks_then_drops_records_both(scene):
