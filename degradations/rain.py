@@ -3,10 +3,12 @@
 Streaks (Rain100L/H): sparse noise motion-blurred along a near-vertical angle gives a streak layer
 R in [0, 1], blended so rain only brightens: screen 1 − (1 − B)(1 − R) or add B + R.
 
-Raindrops (Qian et al., CVPR 2018): each drop on the glass is a small lens. It shows a blurred,
-inverted (point-reflected about its centre), magnified view of the scene behind it, has a soft
-edge, a dark refraction rim and a specular highlight; the background is slightly defocused because
-the camera focuses between the glass and the scene.
+Raindrops (Qian et al., CVPR 2018; RainDS): each drop on the glass is a small, clear lens out of the
+camera's focus. It shows a blurred, inverted (point-reflected about its centre) view of a scene area
+wider than itself, so it keeps the colour of its surroundings, a little brighter and with less
+contrast; a thin soft dark edge on the side away from the light and a faint highlight are all that
+outline it. Shapes are wobbly metaballs, large drops sag down the pane, sizes are skewed to many
+small drops, touching drops merge, and the background is slightly defocused.
 """
 from __future__ import annotations
 
@@ -225,31 +227,31 @@ def draw_drops(
 _OUTLINE_ANGLES = np.linspace(0.0, 2 * math.pi, 32, endpoint=False)
 
 
-def _outline_scale(wobble, phase2, phase3, cos1, sin1):
-    """Outline radius / nominal radius in the direction (cos1, sin1) of normalised drop space:
-    2nd and 3rd angular harmonics, written with polynomials of cos φ, sin φ instead of arctan2."""
-    cos2, sin2 = cos1 * cos1 - sin1 * sin1, 2 * cos1 * sin1
-    cos3, sin3 = cos1 * (4 * cos1 * cos1 - 3), sin1 * (3 - 4 * sin1 * sin1)
-    return 1.0 + wobble * (0.6 * (cos2 * np.cos(phase2) - sin2 * np.sin(phase2))
-                           + 0.4 * (cos3 * np.cos(phase3) - sin3 * np.sin(phase3)))
+def _harmonics(cos1, sin1):
+    """(cos 2φ, sin 2φ, cos 3φ, sin 3φ) from cos φ, sin φ: polynomials instead of arctan2."""
+    return (cos1 * cos1 - sin1 * sin1, 2 * cos1 * sin1,
+            cos1 * (4 * cos1 * cos1 - 3), sin1 * (3 - 4 * sin1 * sin1))
 
 
-def _drop_outlines(drops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+_OUTLINE_COS, _OUTLINE_SIN = np.cos(_OUTLINE_ANGLES)[None], np.sin(_OUTLINE_ANGLES)[None]
+_OUTLINE_HARMONICS = _harmonics(_OUTLINE_COS, _OUTLINE_SIN)
+
+
+def _drop_outlines(per_drop: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Polygons for :func:`_label_drops`, all drops at once: (N, 32, 2) int32 outlines of the
     wobbly main blobs and (N, 16, 2) of the metaball blobs, in pixels with 4 fractional bits.
 
     Each is 4 % and a pixel larger than the drop: the metaball bridge bulges the outline slightly.
     """
-    cos_a, sin_a = np.cos(_OUTLINE_ANGLES), np.sin(_OUTLINE_ANGLES)
-    d = drops[:, None, :]
-    k = _outline_scale(d[..., _COL["wobble"]], d[..., _COL["phase2"]], d[..., _COL["phase3"]], cos_a, sin_a)
-    xs = d[..., 0] + (d[..., 2] * 1.04 * k + 1.0) * cos_a
-    ys = d[..., 1] + (d[..., 3] * 1.04 * k + 1.0) * sin_a
-    main = np.round(np.stack([xs, ys], -1) * 16).astype(np.int32)
-    cos_b, sin_b = cos_a[::2], sin_a[::2]
-    xs = d[..., 14] + (d[..., 16] * 1.04 + 1.0) * cos_b
-    ys = d[..., 15] + (d[..., 17] * 1.04 + 1.0) * sin_b
-    blob = np.round(np.stack([xs, ys], -1) * 16).astype(np.int32)
+    d = {name: v[:, None] for name, v in per_drop.items()}
+    cos2, sin2, cos3, sin3 = _OUTLINE_HARMONICS
+    k = 1.0 + d["w2c"] * cos2 - d["w2s"] * sin2 + d["w3c"] * cos3 - d["w3s"] * sin3
+    xs = d["cx"] + (d["rx"] * 1.04 * k + 1.0) * _OUTLINE_COS
+    ys = d["cy"] + (d["ry"] * 1.04 * k + 1.0) * _OUTLINE_SIN
+    main = np.rint(np.stack([xs, ys], -1) * 16).astype(np.int32)
+    xs = d["blob_cx"] + (d["blob_rx"] * 1.04 + 1.0) * _OUTLINE_COS[:, ::2]
+    ys = d["blob_cy"] + (d["blob_ry"] * 1.04 + 1.0) * _OUTLINE_SIN[:, ::2]
+    blob = np.rint(np.stack([xs, ys], -1) * 16).astype(np.int32)
     return main, blob
 
 
@@ -316,10 +318,8 @@ def _drop_field(per_drop: dict[str, np.ndarray], owner: np.ndarray, px: np.ndarr
     r2 = np.maximum(du * du + dv * dv, 1e-6)
     inv_norm = 1.0 / np.sqrt(r2)
     cos1, sin1 = du * inv_norm, dv * inv_norm
-    # irregular outline: 2nd and 3rd angular harmonics of the radius, with polynomials of cos φ,
-    # sin φ instead of arctan2
-    cos2, sin2 = cos1 * cos1 - sin1 * sin1, 2 * cos1 * sin1
-    cos3, sin3 = cos1 * (4 * cos1 * cos1 - 3), sin1 * (3 - 4 * sin1 * sin1)
+    # irregular outline: 2nd and 3rd angular harmonics of the radius
+    cos2, sin2, cos3, sin3 = _harmonics(cos1, sin1)
     outline = 1.0 + g("w2c") * cos2 - g("w2s") * sin2 + g("w3c") * cos3 - g("w3s") * sin3
     # Σ ρ⁻⁴ rather than the classic Σ ρ⁻²: two blobs merge with a short bridge instead of the
     # whole drop swelling
@@ -330,6 +330,26 @@ def _drop_field(per_drop: dict[str, np.ndarray], owner: np.ndarray, px: np.ndarr
     b2 = np.maximum(bu * bu + bv * bv, 1e-6)
     field += 1.0 / (b2 * b2)
     return field, du, dv, cos1, sin1
+
+
+def _lens_view(source: np.ndarray, sx: float, sy: float, per_drop: dict[str, np.ndarray], owner: np.ndarray,
+               px: np.ndarray, py: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """What each pixel (px, py) of drop ``owner`` shows: (N, 3) samples of the blurred ``source``.
+
+    The lens is a point reflection about the drop centre; the view spans a wider area than the
+    drop (minification) and is compressed more towards the edge (fish-eye, ``inside`` = ρ ≤ 1).
+    """
+    cx, cy = per_drop["cx"][owner], per_drop["cy"][owner]
+    gain = per_drop["minification"][owner] * (1.0 + per_drop["distortion"][owner] * inside * inside)
+    # cv2.remap wants maps under 32767 px wide: lay the N samples out as rows of 1024
+    n = px.size
+    rows = -(-n // 1024)
+    map_x = np.zeros(rows * 1024, np.float32)
+    map_y = np.zeros(rows * 1024, np.float32)
+    map_x[:n] = (cx - (px - cx) * gain + 0.5) * sx - 0.5
+    map_y[:n] = (cy - (py - cy) * gain + 0.5) * sy - 0.5
+    return cv2.remap(source, map_x.reshape(rows, 1024), map_y.reshape(rows, 1024), cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REFLECT_101).reshape(-1, 3)[:n]
 
 
 def raindrop_layer(
@@ -353,10 +373,11 @@ def raindrop_layer(
     if len(drops) > 255:
         raise ValueError(f"raindrops: at most 255 drops, got {len(drops)}")
     # two labellings, larger drops on top and smaller drops on top, so that where two drops
-    # overlap a pixel sees both: the larger one lends its lens (a droplet on a drop is absorbed),
-    # their potentials add up so that touching drops merge like water instead of cutting each other
+    # overlap a pixel sees both: their potentials add up and their lenses cross-fade, so touching
+    # drops merge like water instead of cutting each other (a droplet on a large drop is absorbed)
     by_size = np.argsort(drops[:, _COL["rx"]] * drops[:, _COL["ry"]], kind="stable")
-    outlines = _drop_outlines(drops)
+    per_drop = _per_drop(drops)
+    outlines = _drop_outlines(per_drop)
     labels = _label_drops(drops, by_size, outlines, np.zeros((h, w), np.uint8))
     sel = np.flatnonzero(labels)
     if sel.size == 0:
@@ -375,11 +396,12 @@ def raindrop_layer(
     other = _label_drops(drops, small_on_top, outlines, labels.copy()).ravel()[sel].astype(np.intp) - 1
     px = (sel % w).astype(np.float32)
     py = (sel // w).astype(np.float32)
-    per_drop = _per_drop(drops)
     field, du, dv, cos1, sin1 = _drop_field(per_drop, owner, px, py)
     both = np.flatnonzero(other != owner)
     if both.size:
-        field[both] += _drop_field(per_drop, other[both], px[both], py[both])[0]
+        field_own = field[both]
+        field_other = _drop_field(per_drop, other[both], px[both], py[both])[0]
+        field[both] += field_other
 
     def c(name):
         return per_drop[name][owner]
@@ -390,20 +412,19 @@ def raindrop_layer(
     alpha = alpha * alpha * (3.0 - 2.0 * alpha)  # smoothstep: the glass is out of focus too
     inside = np.minimum(rho, 1.0)
 
-    # the lens: point reflection about the drop centre; the view spans a wider area than the drop
-    # and is compressed more towards the edge (fish-eye)
-    gain = c("minification") * (1.0 + c("distortion") * inside * inside)
     source, sx, sy = _blurred_source(image, view_sigma * float(per_drop["minification"].mean()))
-    cx, cy = c("cx"), c("cy")
-    # cv2.remap wants maps under 32767 px wide: lay the N samples out as rows of 1024
-    n = sel.size
-    rows = -(-n // 1024)
-    map_x = np.zeros(rows * 1024, np.float32)
-    map_y = np.zeros(rows * 1024, np.float32)
-    map_x[:n] = (cx - (px - cx) * gain + 0.5) * sx - 0.5
-    map_y[:n] = (cy - (py - cy) * gain + 0.5) * sy - 0.5
-    view = cv2.remap(source, map_x.reshape(rows, 1024), map_y.reshape(rows, 1024), cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REFLECT_101).reshape(-1, 3)[:n]
+    view = _lens_view(source, sx, sy, per_drop, owner, px, py, inside)
+    if both.size:
+        # where drops merge, cross-fade the two lenses instead of a seam; a lens's weight grows
+        # with its area and its potential, from 0 just inside its label outline (potential
+        # ≤ 0.85 there) up to a cap, so that a droplet's centre does not punch through a large drop
+        area = per_drop["rx"] * per_drop["ry"]
+        w_own = np.clip(field_own - 0.85, 0.0, 3.0) * area[owner[both]]
+        w_other = np.clip(field_other - 0.85, 0.0, 3.0) * area[other[both]]
+        t = (w_other / np.maximum(w_own + w_other, 1e-6))[:, None]
+        t[(w_own + w_other)[:, None] <= 1e-6] = 0.5
+        view_other = _lens_view(source, sx, sy, per_drop, other[both], px[both], py[both], inside[both])
+        view[both] += t * (view_other - view[both])
 
     # light gathered from a wide area: less contrast around the drop's mean, a little brighter
     weight = np.bincount(owner, alpha, minlength=len(drops)) + 1e-6
