@@ -243,7 +243,8 @@ def _drop_outlines(per_drop: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndar
 
     Each is 4 % and a pixel larger than the drop: the metaball bridge bulges the outline slightly.
     """
-    d = {name: v[:, None] for name, v in per_drop.items()}
+    d = {name: per_drop[name][:, None] for name in ("cx", "cy", "rx", "ry", "w2c", "w2s", "w3c", "w3s",
+                                                       "blob_cx", "blob_cy", "blob_rx", "blob_ry")}
     cos2, sin2, cos3, sin3 = _OUTLINE_HARMONICS
     k = 1.0 + d["w2c"] * cos2 - d["w2s"] * sin2 + d["w3c"] * cos3 - d["w3s"] * sin3
     xs = d["cx"] + (d["rx"] * 1.04 * k + 1.0) * _OUTLINE_COS
@@ -427,9 +428,13 @@ def raindrop_layer(
         view[both] += t * (view_other - view[both])
 
     # light gathered from a wide area: less contrast around the drop's mean, a little brighter
-    weight = np.bincount(owner, alpha, minlength=len(drops)) + 1e-6
-    mean = np.stack([np.bincount(owner, alpha * view[:, k], minlength=len(drops)) for k in range(3)], 1)
-    mean = (mean / weight[:, None]).astype(np.float32)[owner]
+    # per-drop alpha-weighted sums of (1, r, g, b) in one bincount over (drop, channel) bins
+    weighted = np.empty((sel.size, 4), np.float32)
+    weighted[:, 0] = alpha
+    weighted[:, 1:] = view * alpha[:, None]
+    bins = (owner[:, None] * 4 + np.arange(4)).ravel()
+    sums = np.bincount(bins, weighted.ravel(), minlength=4 * len(drops)).reshape(-1, 4)
+    mean = (sums[:, 1:] / (sums[:, :1] + 1e-6)).astype(np.float32)[owner]
     keep = 1.0 - c("flatten")
     drop_rgb = mean + (view - mean) * keep[:, None]
     # thin dark edge (light refracted away), strongest on the side away from the light
