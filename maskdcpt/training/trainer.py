@@ -148,6 +148,7 @@ class Trainer:
                 self.model, device_ids=ids, find_unused_parameters=getattr(task, "has_unused_parameters", False)
             )
         self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.loader: Iterable[dict[str, Any]] | None = None
         self.step = 0
         self.bad_in_row = 0
         self.skipped = 0
@@ -212,7 +213,8 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def _batches(self) -> Iterator[dict[str, Any]]:
-        yield from self.make_loader(self.step)
+        self.loader = self.make_loader(self.step)
+        yield from self.loader
 
     def fit(self, resume: bool | str = "auto") -> dict[str, Any]:
         self.maybe_resume(resume)
@@ -256,6 +258,8 @@ class Trainer:
                     for i, g in enumerate(self.optimizer.param_groups):
                         last_logged[f"lr/{g.get('name', i)}"] = g["lr"]
                     last_logged["train/skipped_steps"] = float(self.skipped)
+                    if hasattr(self.loader, "skipped"):  # unusable files met by this rank's loader
+                        last_logged["data/skipped_files"] = float(self.loader.skipped)
                     self.logger.scalars(last_logged, self.step)
                     bar.set_postfix(self._postfix(last_logged), refresh=False)
                     window, t_wait, t_total = {}, 0.0, 0.0
@@ -264,6 +268,8 @@ class Trainer:
         finally:
             bar.close()
             self.logger.flush()
+            if hasattr(self.loader, "log_skips"):  # name the files of the unfinished data epoch too
+                self.loader.log_skips()
         if self.dist.is_main:
             self.task.export(self.run_dir)
         metrics = self._final_metrics(last_logged)
