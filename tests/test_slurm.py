@@ -88,9 +88,24 @@ def _logs(job) -> str:
                      for p in sorted(folder.glob("*_log.*")))
 
 
+# Pending reasons of a job that this cluster will never run: fail at once rather than at the time-out.
+HOPELESS = {"PartitionConfig", "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit", "InvalidQOS",
+            "InvalidAccount", "JobHeldAdmin", "launch_failed_requeued_held"}
+
+
+def _check_not_stuck(job) -> None:
+    out = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T %r"], capture_output=True, text=True)
+    state, _, reason = out.stdout.strip().partition(" ")
+    if state == "PENDING" and reason in HOPELESS:
+        job.cancel(check=False)
+        pytest.fail(f"job {job.job_id} can never start here (pending: {reason}); check `scontrol show node` "
+                    "against tests/slurm/start_local_cluster.sh")
+
+
 def _wait(job, timeout_s: float = JOB_TIMEOUT_S) -> list:
     deadline = time.time() + timeout_s
     while not job.done():
+        _check_not_stuck(job)
         if time.time() > deadline:
             job.cancel(check=False)
             pytest.fail(f"job {job.job_id} did not finish in {timeout_s} s:\n{_logs(job)}")
@@ -109,6 +124,7 @@ def _scontrol_job(job_id: str) -> dict[str, str]:
 def _wait_for_checkpoint(job, ckpt: Path) -> None:
     deadline = time.time() + JOB_TIMEOUT_S
     while not ckpt.exists():
+        _check_not_stuck(job)
         if job.done() or time.time() > deadline:
             pytest.fail(f"job {job.job_id} never wrote {ckpt}:\n{_logs(job)}")
         time.sleep(0.3)

@@ -58,7 +58,8 @@ if [ -e "$CONF" ] && ! grep -qF "$MARKER" "$CONF"; then
     echo "[start_local_cluster] $CONF exists and was not written by this script; refusing to replace it" >&2
     exit 1
 fi
-CPUS="$(nproc)"
+# Not plain `nproc`: it obeys OMP_NUM_THREADS, which test shells set to 1.
+CPUS="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
 # RealMemory a little under the machine's, or slurmd marks the node invalid.
 MEM_MB="$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)"
 cat > "$STATE/slurm.conf" <<CONF_EOF
