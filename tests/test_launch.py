@@ -300,3 +300,16 @@ def test_tool_job_reruns_the_tool_in_process_inside_the_job(tmp_path):
     assert launch_tool(script, argv, out, LaunchOptions()) is None
     with pytest.raises(RuntimeError, match="exited with status 3"):
         ToolJob(str(script), ["--out", str(out), "--value", "-1"])()
+
+
+def test_sweep_command_line_takes_overrides_after_options_and_names_bad_input(tmp_path, capsys):
+    from maskdcpt.launch.sweep import main
+
+    spec = REPO / "configs" / "sweeps" / "maskdcpt_ablation.yaml"
+    assert main([str(spec), "--dry-run", "--sweep-dir", str(tmp_path), "train.max_steps=10"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 10
+    assert lines[0] == f"no_mask: model.mask_ratio=0 train.max_steps=10 run.output_dir={tmp_path} run.name=no_mask"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--collect", str(tmp_path / "missing")])
+    assert exit_info.value.code == 2 and "no manifest.json" in capsys.readouterr().err

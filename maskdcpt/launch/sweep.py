@@ -293,7 +293,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the members and their overrides; submit nothing")
     add_launcher_args(parser)
     parser.set_defaults(launcher="slurm")
-    args = parser.parse_args(argv)
+    # Overrides may come after options (``... --sweep-dir D train.max_steps=10``).
+    args = parser.parse_intermixed_args(argv)
+    try:
+        return _run(parser, args)
+    except ValueError as err:  # bad sweep file, member config or folder: name it, no traceback
+        parser.error(str(err))
+        return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.collect:
         rows = collect(args.collect)
         print(format_table(rows))
