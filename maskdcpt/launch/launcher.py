@@ -10,7 +10,7 @@ Tools without a typed config (``tools/evaluate.py``) use :func:`launch_tool` ins
 tool itself inside the job::
 
     add_launcher_args(parser)
-    if launch_tool(__file__, sys.argv[1:] if argv is None else argv, args.out or "runs/evaluate", args):
+    if launch_tool(__file__, sys.argv[1:] if argv is None else argv, args.out or "runs/evaluate", args) is not None:
         return 0
 
 Job files (pickles, per-task stdout/stderr, results) go to ``RUN_DIR/slurm/<job id>/`` beside the
