@@ -14,6 +14,7 @@ import torch
 
 from maskdcpt.evaluation.evaluate import EvalConfig, evaluate
 from maskdcpt.evaluation.loading import load_restorer
+from maskdcpt.launch import add_launcher_args, launch_tool
 
 
 def main(argv=None) -> int:
@@ -32,7 +33,10 @@ def main(argv=None) -> int:
     parser.add_argument("--lpips-weights", help="LPIPS weights file (default: $MASKDCPT_LPIPS_WEIGHTS)")
     parser.add_argument("--save-images", action="store_true", help="also write the restored images under --out")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_launcher_args(parser)
     args = parser.parse_args(argv)
+    if launch_tool(__file__, sys.argv[1:] if argv is None else argv, args.out or "runs/evaluate", args) is not None:
+        return 0  # submitted: the job runs this same command with --launcher none
     try:
         config = EvalConfig(crop_border=args.crop_border, y_channel=args.y_channel,
                             data_range="uint8" if args.uint8 else "float", tile=args.tile, overlap=args.overlap,

@@ -8,6 +8,7 @@
 import argparse
 import sys
 
+from maskdcpt.launch import add_launcher_args, launch
 from maskdcpt.training.finetune import load_finetune_config, run_finetuning
 
 
@@ -20,12 +21,15 @@ def main(argv=None) -> int:
                        help="resume from the run folder's last checkpoint (default: automatic if one exists) or CKPT")
     group.add_argument("--no-resume", dest="resume", action="store_false", help="start fresh even if a checkpoint exists")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=30")
+    add_launcher_args(parser)
     args = parser.parse_args(argv)
     overrides = list(args.overrides)
     if args.pretrained is not None:
         overrides.append(f"pretrained={args.pretrained}")
     try:
         cfg = load_finetune_config(args.config, overrides)
+        if launch("finetune", args.config, overrides, args) is not None:
+            return 0  # submitted: the job runs the same fine-tuning
         run_finetuning(cfg, resume=args.resume)
     except ValueError as err:
         parser.error(str(err))

@@ -4,10 +4,13 @@
     python tools/pretrain.py                                   # tiny NAFNet, embedded photos, CPU
     python tools/pretrain.py --config configs/pretrain/nafnet_uir.yaml train.max_steps=20
     python tools/pretrain.py model.name=restormer_tiny loss.w_con=0 --resume
+    python tools/pretrain.py --launcher slurm --nodes 1 --gpus-per-node 4 --partition gpu --timeout-min 4320 \
+        --config configs/pretrain/nafnet_uir.yaml
 """
 import argparse
 import sys
 
+from maskdcpt.launch import add_launcher_args, launch
 from maskdcpt.training.pretrain import load_pretrain_config, run_pretraining
 
 
@@ -19,9 +22,12 @@ def main(argv=None) -> int:
                        help="resume from the run folder's last checkpoint (default: automatic if one exists) or CKPT")
     group.add_argument("--no-resume", dest="resume", action="store_false", help="start fresh even if a checkpoint exists")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=20")
+    add_launcher_args(parser)
     args = parser.parse_args(argv)
     try:
         cfg = load_pretrain_config(args.config, args.overrides)
+        if launch("pretrain", args.config, args.overrides, args) is not None:
+            return 0  # submitted: the job runs the same training
     except ValueError as err:
         parser.error(str(err))
     run_pretraining(cfg, resume=args.resume)
