@@ -116,6 +116,21 @@ def test_finetune_with_a_prior_folder_trains_end_to_end(tmp_path):
     with pytest.raises(ValueError, match="prior_channels"):
         load_finetune_config(None, [sources])
 
+    # evaluation and restoration feed the same prior folder
+    pairs = tmp_path / "pairs"
+    evaluate = subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"), "--model", str(tmp_path / "ft"),
+                               "--data", str(pairs), "--prior", str(pairs / "prior"), "--no-niqe", "--out", str(tmp_path / "ev")],
+                              capture_output=True, text=True, env=_env(), cwd=ROOT)
+    assert evaluate.returncode == 0, evaluate.stderr
+    restore = subprocess.run([sys.executable, str(ROOT / "tools" / "restore.py"), "--model", str(tmp_path / "ft"),
+                              str(pairs / "LQ"), str(tmp_path / "restored")], capture_output=True, text=True, env=_env(), cwd=ROOT)
+    assert restore.returncode == 2 and "--prior" in restore.stderr  # a prior model without its prior: clear error
+    restore = subprocess.run([sys.executable, str(ROOT / "tools" / "restore.py"), "--model", str(tmp_path / "ft"),
+                              "--prior", str(pairs / "prior"), str(pairs / "LQ"), str(tmp_path / "restored")],
+                             capture_output=True, text=True, env=_env(), cwd=ROOT)
+    assert restore.returncode == 0, restore.stderr
+    assert sorted(p.name for p in (tmp_path / "restored").iterdir()) == ["0.png", "1.png", "2.png"]
+
 
 def test_thirty_step_finetune_from_a_pretraining_run_end_to_end(tmp_path):
     pre = subprocess.run(

@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-niqe", action="store_true", help="skip NIQE")
     parser.add_argument("--lpips-weights", help="LPIPS weights file (default: $MASKDCPT_LPIPS_WEIGHTS)")
     parser.add_argument("--save-images", action="store_true", help="also write the restored images under --out")
+    parser.add_argument("--prior", help="folder of generative restorations of the LQ images, for a prior-conditioned model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_launcher_args(parser)
     args = parser.parse_args(argv)
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
         config = EvalConfig(crop_border=args.crop_border, y_channel=args.y_channel,
                             data_range="uint8" if args.uint8 else "float", tile=args.tile, overlap=args.overlap,
                             compute_niqe=not args.no_niqe, lpips_weights=args.lpips_weights,
-                            save_images=args.save_images)
+                            save_images=args.save_images, prior=args.prior)
         model = load_restorer(args.model, device=args.device, arch=args.arch)
         evaluate(model, args.data, out_dir=args.out, config=config, device=args.device)
     except (ValueError, FileNotFoundError) as err:

@@ -23,12 +23,13 @@ def main(argv=None) -> int:
     parser.add_argument("--tile", type=int, help="tile size in pixels (default: whole image at once)")
     parser.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels (default 32)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--prior", help="folder of generative restorations (by name), for a prior-conditioned model")
     parser.add_argument("input", help="image file or folder")
     parser.add_argument("output", help="image file or folder")
     args = parser.parse_args(argv)
     try:
         model = load_restorer(args.model, device=args.device, arch=args.arch)
-        written = restore_path(model, args.input, args.output, tile=args.tile, overlap=args.overlap,
+        written = restore_path(model, args.input, args.output, tile=args.tile, overlap=args.overlap, prior=args.prior,
                                device=args.device)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -14,6 +14,21 @@ from .source import CroppingSource
 UNKNOWN_LEVEL = -1.0  # real pairs carry no engine level
 
 
+def find_prior(prior_dir: str | os.PathLike, lq_path: str | os.PathLike) -> str:
+    """The generative restoration of ``lq_path`` in ``prior_dir``: the same file name, or the same
+    stem with another image extension; the same-name path (missing) when neither exists."""
+    base = os.path.basename(lq_path)
+    exact = os.path.join(prior_dir, base)
+    if os.path.isfile(exact):
+        return exact
+    stem = os.path.splitext(base)[0]
+    for ext in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"):
+        candidate = os.path.join(prior_dir, stem + ext)
+        if os.path.isfile(candidate):
+            return candidate
+    return exact
+
+
 class PairedSource(CroppingSource):
     """Aligned LQ/GT pairs; the same crop window and flip/rot90 are applied to both.
 
@@ -34,17 +49,7 @@ class PairedSource(CroppingSource):
             raise ValueError(f"paired source {name!r}: prior folder {prior_dir!r} does not exist")
 
     def prior_path(self, lq_path: str) -> str:
-        """The generative restoration of ``lq_path``: same file name, or same stem, in the prior folder."""
-        base = os.path.basename(lq_path)
-        exact = os.path.join(self.prior_dir, base)
-        if os.path.isfile(exact):
-            return exact
-        stem = os.path.splitext(base)[0]
-        for ext in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"):
-            candidate = os.path.join(self.prior_dir, stem + ext)
-            if os.path.isfile(candidate):
-                return candidate
-        return exact  # missing: read_checked reports it as a skipped file
+        return find_prior(self.prior_dir, lq_path)
 
     def _read(self, item: int) -> tuple[np.ndarray, ...]:
         gt = self.read_checked(self.index.path(item))

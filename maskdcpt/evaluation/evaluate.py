@@ -29,7 +29,7 @@ import torch.nn as nn
 import yaml
 
 from .metrics import psnr, ssim
-from .restore import list_images, read_rgb, restore_image, write_rgb
+from .restore import list_images, read_rgb, restore_image, with_prior, write_rgb
 
 METRIC_NAMES = ("psnr", "ssim", "lpips", "niqe")
 
@@ -55,6 +55,7 @@ class EvalConfig:
     compute_niqe: bool = True
     lpips_weights: str | None = None  # None: $MASKDCPT_LPIPS_WEIGHTS; LPIPS is skipped without a weights file
     save_images: bool = False  # write the restored images under <out>/images/<task>/
+    prior: str | None = None  # generative restorations of the LQ images (by name), for prior-conditioned models
 
     def __post_init__(self):
         if self.data_range not in ("float", "uint8"):
@@ -205,7 +206,8 @@ def evaluate(model: nn.Module, data: str | os.PathLike | list[TaskData], out_dir
             if lq.shape != gt.shape:
                 raise ValueError(f"task {task.name}: {lq_path} is {tuple(lq.shape[1:])} but its GT {gt_path} is "
                                  f"{tuple(gt.shape[1:])}")
-            out = restore_image(model, lq, tile=config.tile, overlap=config.overlap, device=device)
+            model_input = with_prior(model, lq, lq_path, config.prior)
+            out = restore_image(model, model_input, tile=config.tile, overlap=config.overlap, device=device)
             row: dict[str, Any] = {"task": task.name, "image": lq_path.name}
             kwargs = dict(crop_border=config.crop_border, y_channel=config.y_channel, data_range=config.data_range)
             row["psnr"] = psnr(out, gt, **kwargs)

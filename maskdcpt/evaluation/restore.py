@@ -78,8 +78,9 @@ def restore_image(model: nn.Module, img: torch.Tensor, tile: int | None = None, 
     the padded image is processed in overlapping tiles of ``tile`` pixels (rounded down to the stride) that
     are run one at a time on ``device`` (default: the model's) and blended on ``img``'s device.
     """
-    if img.ndim not in (3, 4) or img.shape[-3] != 3:
-        raise ValueError(f"expected an image (3, H, W) or batch (B, 3, H, W), got shape {tuple(img.shape)}")
+    channels = 3 + int(getattr(model, "prior_channels", 0))  # cat(lq, prior) for prior-conditioned models
+    if img.ndim not in (3, 4) or img.shape[-3] != channels:
+        raise ValueError(f"expected an image ({channels}, H, W) or batch (B, {channels}, H, W), got shape {tuple(img.shape)}")
     single = img.ndim == 3
     x = img[None] if single else img
     device = torch.device(device) if device is not None else _model_device(model)
@@ -157,10 +158,25 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def with_prior(model: nn.Module, lq: torch.Tensor, lq_path: str | os.PathLike, prior: str | os.PathLike | None) -> torch.Tensor:
+    """``lq`` (3, H, W), or cat(lq, its prior image) for a model fine-tuned with generative priors."""
+    if not getattr(model, "prior_channels", 0):
+        return lq
+    if prior is None:
+        raise ValueError("this restorer takes a generative prior as extra input: give the prior folder (--prior DIR)")
+    from maskdcpt.data.paired import find_prior
+
+    image, _ = read_rgb(find_prior(prior, lq_path))
+    if image.shape != lq.shape:
+        raise ValueError(f"prior of {lq_path} is {tuple(image.shape[1:])}, the image {tuple(lq.shape[1:])}")
+    return torch.cat([lq, image], dim=0)
+
+
 def restore_path(model: nn.Module, input: str | os.PathLike, output: str | os.PathLike, tile: int | None = None,
-                 overlap: int = 32, device: str | torch.device | None = None, progress: bool = True
-                 ) -> list[Path]:
-    """Restore an image file or every image of a folder; returns the written paths.
+                 overlap: int = 32, device: str | torch.device | None = None, progress: bool = True,
+                 prior: str | os.PathLike | None = None) -> list[Path]:
+    """Restore an image file or every image of a folder; returns the written paths. ``prior``: the
+    folder of generative restorations (matched by name) for a prior-conditioned model.
 
     A folder (or an image to a path without an image suffix) writes ``output/<same name>``; an image to an image
     path writes that path. 16-bit PNG/TIFF inputs give 16-bit outputs, others 8-bit.
@@ -181,6 +197,7 @@ def restore_path(model: nn.Module, input: str | os.PathLike, output: str | os.Pa
     written: list[Path] = []
     for source, target in tqdm(list(zip(sources, targets)), desc="restore", unit="img", disable=not progress):
         img, bits = read_rgb(source)
+        img = with_prior(model, img, source, prior)
         write_rgb(target, restore_image(model, img, tile=tile, overlap=overlap, device=device), bits)
         written.append(target)
     return written
