@@ -13,6 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from maskdcpt.training.optim import cosine_factor
 from maskdcpt.training.pretrain import PretrainTask, keep_maps, load_pretrain_config
 from maskdcpt.training.trainer import NonFiniteLossError, Trainer
 
@@ -41,7 +42,7 @@ def _weights(run):
 
 
 def test_default_command_writes_a_complete_run_folder(tmp_path):
-    res = _pretrain(tmp_path, "train.max_steps=4", "train.image_every=2", "train.checkpoint_every=2")
+    res = _pretrain(tmp_path, "train.max_steps=4", "train.image_every=2", "train.checkpoint_every=2", "optim.warmup_steps=2")
     assert res.returncode == 0, res.stderr
     run = tmp_path / "r"
     assert f"run folder: {run.resolve()}" in res.stdout
@@ -61,8 +62,11 @@ def test_default_command_writes_a_complete_run_folder(tmp_path):
                 "perf/samples_per_s", "perf/data_wait_fraction"]:
         assert tag in scalars, tag
     assert [e.step for e in events.Scalars("loss/total")] == [1, 2, 3, 4]
+    # the logged rate is the one the next step uses: warm-up, then cosine (here 2 + 2 steps)
     lrs = [e.value for e in events.Scalars("lr/backbone")]
-    assert lrs[0] > lrs[-1]  # the cosine schedule decays
+    expected = [cfg.optim.lr * cosine_factor(s, 4, 2, cfg.optim.min_lr / cfg.optim.lr) for s in range(1, 5)]
+    assert lrs == pytest.approx(expected, rel=1e-5)
+    assert lrs[1] == pytest.approx(cfg.optim.lr) and lrs[-1] < lrs[1]
     images = set(events.Tags()["images"])
     assert {"images/lq_masked_reconstruction_gt", "classification/confusion"} <= images
     grid = events.Images("images/lq_masked_reconstruction_gt")[-1]

@@ -57,11 +57,20 @@ class RunConfig:
     name: str | None = None  # None: "pretrain_<model.name>"
 
 
+def _demo_optim() -> OptimConfig:
+    # The defaults are the tiny CPU run of `python tools/pretrain.py`: a few hundred steps, so a
+    # higher rate than the release recipe's (3e-4 / 1e-4, in configs/pretrain/*.yaml) and a short
+    # warm-up; measured: L1 0.20 vs 0.30 after 300 steps.
+    return OptimConfig(lr=2e-3, classifier_lr=1e-3, warmup_steps=20)
+
+
 @dataclass
 class PretrainConfig:
+    """Defaults: the tiny CPU demo run; the release-size recipes are configs/pretrain/*.yaml."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimConfig = field(default_factory=_demo_optim)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     run: RunConfig = field(default_factory=RunConfig)
