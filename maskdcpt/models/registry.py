@@ -16,21 +16,8 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-_BACKBONE_MODULES = ("nafnet", "promptir", "restormer", "swinir")
-
-
 def _ensure_loaded() -> None:
-    """Import every backbone module (importing registers its factories). A backbone file that does not exist
-    (yet) is skipped; any other import error, including one raised inside an existing file, propagates."""
-    import importlib
-
-    for name in _BACKBONE_MODULES:
-        full = f"{__package__}.{name}"
-        try:
-            importlib.import_module(full)
-        except ModuleNotFoundError as err:
-            if err.name != full:
-                raise
+    from . import nafnet, promptir, restormer, swinir  # noqa: F401  (importing registers)
 
 
 def list_models(pattern: str = "") -> list[str]:
