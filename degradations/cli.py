@@ -6,7 +6,8 @@
 Levels: ``--levels K`` gives K evenly spaced levels from 0 (mildest) to 1 (harshest) inclusive, so a
 sheet spans the whole range each type can produce; K = 1 gives the middle level 0.5. Level 0 is still a
 (mild) degradation, never the clean image; the sheet shows the clean image in its first column.
-Sample i, type t, level j is seeded by (seed, i, t, j): re-running reproduces every file.
+Image i and type t are seeded by (seed, i, t), the same at every level: a row of the sheet shows one
+degradation instance growing more severe, and re-running reproduces every file.
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 spec = resolve(name)
                 row = [Tile(image, f"clean ({stem})")]
                 for j, level in enumerate(levels):
-                    sample = engine.apply(image, name, level, seed=(args.seed, i, spec.id, j))
+                    sample = engine.apply(image, name, level, seed=(args.seed, i, spec.id))
                     file = f"{stem}_{spec.id:02d}_{name}_L{level:.2f}.png"
                     lq = to_uint8(sample.lq)
                     write_png(os.path.join(args.output, file), lq)
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                         "type_id": sample.type_id,
                         "type_name": sample.type_name,
                         "level": level,
-                        "seed": [args.seed, i, spec.id, j],
+                        "seed": [args.seed, i, spec.id],
                         "params": sample.params,
                     }
                     labels.write(json.dumps(record) + "\n")
