@@ -7,7 +7,13 @@ Randomness. Each sample's *parameters* (kernels, σ, γ, …) are drawn from ``m
 order of the CPU type, so they equal the CPU path's parameters for the same seed (blur kernels included).
 Per-pixel *noise* comes from a per-sample ``torch.Generator`` seeded from a separate stream of that seed:
 the torch path draws its own noise, so noisy outputs match the CPU path in distribution, not bit for bit.
-Nothing depends on the other samples of the batch.
+Nothing depends on the other samples of the batch (on CPU a sample's output is bit-identical alone or in
+any mixed batch).
+
+Where it equals the CPU path: blur outputs (same kernels, same reflect-101 convolution) within 1e-5; the
+low-light formula; bilinear demosaicking (OpenCV's, up to its 16-bit quantisation). Where it differs:
+``mosaic`` always demosaics bilinearly (VNG / edge-aware have no cheap batched form); ``haze`` resamples the
+coarse depth cues with torch instead of OpenCV (mean difference ~1e-4); every pixel-noise draw.
 
 This is the only module of ``degradations`` that imports torch.
 """

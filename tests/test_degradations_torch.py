@@ -186,12 +186,12 @@ def test_salt_and_pepper_fraction():
 def _mixed(texture, size=None):
     image = texture if size is None else texture[: size[0], : size[1]]
     names = list(TORCH_TYPES) * 2
-    levels = [0.25 + 0.5 * (i % 2) for i in range(len(names))]
+    levels = [0.25 + 0.75 * (i % 2) for i in range(len(names))]  # 1.0: the largest kernels
     seeds = [(3, i) for i in range(len(names))]
     return to_tensor(image).repeat(len(names), 1, 1, 1), names, levels, seeds
 
 
-@pytest.mark.parametrize("size", [(33, 37), (48, 65)])
+@pytest.mark.parametrize("size", [(32, 33), (33, 37), (48, 65)])
 def test_shape_range_and_determinism(texture, size):
     batch, names, levels, seeds = _mixed(texture, size)
     lq1, p1 = degrade_batch(batch, names, levels, seeds)
@@ -205,7 +205,7 @@ def test_shape_range_and_determinism(texture, size):
 
 
 def test_batch_composition_independence(texture):
-    """A sample's output is the same alone as in a mixed batch (in any position)."""
+    """A sample's output is the same (bit for bit on CPU) alone as in a mixed batch, in any position."""
     batch, names, levels, seeds = _mixed(texture)
     lq, params = degrade_batch(batch, names, levels, seeds)
     order = list(range(len(names)))[::-1]
