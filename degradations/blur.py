@@ -220,9 +220,8 @@ MOTION_RANGES = {
 }
 
 
-@register("motion_blur", ranges=MOTION_RANGES)
-def motion_blur(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapping[str, Any]):
-    """Camera-shake trajectory (p 1 − linear_prob) or linear kernel; its extent grows with ``level``."""
+def draw_motion_kernel(rng: np.random.Generator, level: float, ranges: Mapping[str, Any]) -> tuple[np.ndarray, dict]:
+    """The motion-blur kernel and its parameters for one sample (shared with the torch path)."""
     linear = bool(rng.random() < float(ranges["linear_prob"]))
     angle = uniform(rng, ranges["angle"])
     shake: dict[str, Any] = {}
@@ -235,6 +234,13 @@ def motion_blur(image: np.ndarray, level: float, rng: np.random.Generator, range
         size = odd(lerp(ranges["kernel_size"], level))
         kernel = trajectory_kernel(path, size)
         params = {"kernel": "trajectory", "kernel_size": size, "shake": shake}
+    return kernel, params
+
+
+@register("motion_blur", ranges=MOTION_RANGES)
+def motion_blur(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapping[str, Any]):
+    """Camera-shake trajectory (p 1 − linear_prob) or linear kernel; its extent grows with ``level``."""
+    kernel, params = draw_motion_kernel(rng, level, ranges)
     return apply_kernel(image, kernel), params
 
 
@@ -271,24 +277,35 @@ def defocus_blur(image: np.ndarray, level: float, rng: np.random.Generator, rang
     scaled so that its largest value is the level's radius. The image is blurred at a few radii and
     each pixel blends the two layers bracketing its own radius.
     """
-    radius = lerp(ranges["radius"], level)
-    varying = bool(rng.random() < float(ranges["depth_varying_prob"]))
-    depth = 1.0 + 4.0 * smooth_field(image.shape[:2], rng)  # depth in [1, 5] (arbitrary units)
-    focus = float(rng.uniform(1.0, 5.0))
-    if not varying:
-        return apply_kernel(image, disk_kernel(radius)), {"radius": radius, "depth_varying": False}
-    coc = np.abs(1.0 / depth - 1.0 / focus)
-    coc = coc / (float(coc.max()) + 1e-12) * radius  # per-pixel radius in [0, radius]
-    n = max(2, int(ranges["depth_layers"]))
+    radius, pos, params = draw_defocus(rng, level, ranges, image.shape[:2])
+    if pos is None:
+        return apply_kernel(image, disk_kernel(radius)), params
+    n = params["layers"]
     radii = np.linspace(0.0, radius, n)
     layers = [image] + apply_kernels_dft(image, [disk_kernel(r) for r in radii[1:]])
-    pos = (coc / (radius / (n - 1))).astype(np.float32)  # fractional layer index per pixel
     out = np.zeros_like(image)
     for j, layer in enumerate(layers):
         # tent weights: each pixel blends the two layers that bracket its own radius
         weight = np.maximum(np.float32(0.0), np.float32(1.0) - np.abs(pos - np.float32(j)))
         out += layer * weight[..., None]
-    return out, {"radius": radius, "depth_varying": True, "focus_depth": focus, "layers": n}
+    return out, params
+
+
+def draw_defocus(rng: np.random.Generator, level: float, ranges: Mapping[str, Any],
+                 shape: tuple[int, int]) -> tuple[float, np.ndarray | None, dict]:
+    """One sample's defocus draws (shared with the torch path): the disk radius, and for a
+    depth-varying sample the fractional blur-layer index per pixel (H, W) float32, else None."""
+    radius = lerp(ranges["radius"], level)
+    varying = bool(rng.random() < float(ranges["depth_varying_prob"]))
+    depth = 1.0 + 4.0 * smooth_field(shape, rng)  # depth in [1, 5] (arbitrary units); drawn always
+    focus = float(rng.uniform(1.0, 5.0))
+    if not varying:
+        return radius, None, {"radius": radius, "depth_varying": False}
+    coc = np.abs(1.0 / depth - 1.0 / focus)
+    coc = coc / (float(coc.max()) + 1e-12) * radius  # per-pixel radius in [0, radius]
+    n = max(2, int(ranges["depth_layers"]))
+    pos = (coc / (radius / (n - 1))).astype(np.float32)  # fractional layer index per pixel
+    return radius, pos, {"radius": radius, "depth_varying": True, "focus_depth": focus, "layers": n}
 
 
 # ----------------------------------------------------------------------------- Real-ESRGAN family

@@ -50,6 +50,16 @@ DEFAULT_RANGES = {
 }
 
 
+def draw_low_light(rng: np.random.Generator, level: float, ranges: Mapping[str, Any]) -> dict[str, float]:
+    """α, β, γ and the sensor noise of one sample (shared with the torch path)."""
+    alpha = uniform(rng, ranges["alpha"])
+    beta = uniform(rng, ranges["beta"])
+    shot = math.exp(uniform(rng, [math.log(v) for v in ranges["shot_noise"]]))
+    read = math.exp(uniform(rng, [math.log(v) for v in ranges["read_noise"]]))
+    gamma = lerp(ranges["gamma"], level)
+    return {"alpha": alpha, "beta": beta, "gamma": gamma, "shot_noise": shot, "read_noise": read}
+
+
 @register("low_light", ranges=DEFAULT_RANGES)
 def low_light(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapping[str, Any]):
     """γ rises with ``level``; α, β and the sensor noise are random (drawn independently of the level).
@@ -57,11 +67,7 @@ def low_light(image: np.ndarray, level: float, rng: np.random.Generator, ranges:
     The noise is added after darkening in linear light, so its visibility grows as the image gets
     darker: the signal-to-noise ratio falls as a real sensor's does when light is scarce.
     """
-    alpha = uniform(rng, ranges["alpha"])
-    beta = uniform(rng, ranges["beta"])
-    shot = math.exp(uniform(rng, [math.log(v) for v in ranges["shot_noise"]]))
-    read = math.exp(uniform(rng, [math.log(v) for v in ranges["read_noise"]]))
-    gamma = lerp(ranges["gamma"], level)
-    dark = add_heteroscedastic_noise(darken_linear(image, alpha, beta, gamma), shot, read, rng)
-    params = {"alpha": alpha, "beta": beta, "gamma": gamma, "shot_noise": shot, "read_noise": read}
-    return linear_to_display(dark), params
+    p = draw_low_light(rng, level, ranges)
+    dark = darken_linear(image, p["alpha"], p["beta"], p["gamma"])
+    dark = add_heteroscedastic_noise(dark, p["shot_noise"], p["read_noise"], rng)
+    return linear_to_display(dark), p

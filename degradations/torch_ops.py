@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .blur import disk_kernel, linear_kernel, odd, random_kernel, shake_trajectory, smooth_field, trajectory_kernel
+from .blur import disk_kernel, draw_defocus, draw_motion_kernel, random_kernel
 from .image import check_level
-from .lowlight import DISPLAY_GAMMA, INPUT_FLOOR, LINEAR_FLOOR
+from .lowlight import DISPLAY_GAMMA, INPUT_FLOOR, LINEAR_FLOOR, draw_low_light
 from .mosaic import HARSH_METHODS
 from .noise import LUMA, NOISE_MODELS, POISSON_LEVELS
 from .registry import resolve
@@ -150,23 +150,9 @@ def _gaussian_blur(images: torch.Tensor, levels: list[float], draws: list[Draws]
 
 
 def _motion_blur(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges: Mapping[str, Any]):
-    """Shake-trajectory or linear kernels from ``blur``, drawn in the CPU type's order."""
-    kernels, params = [], []
-    for (rng, _), level in zip(draws, levels):
-        linear = bool(rng.random() < float(ranges["linear_prob"]))
-        angle = uniform(rng, ranges["angle"])
-        shake: dict[str, Any] = {}
-        path = shake_trajectory(rng, info=shake)
-        if linear:
-            length = lerp(ranges["linear_length"], level)
-            kernel = linear_kernel(length, angle)
-            params.append({"kernel": "linear", "length": length, "angle": angle, "kernel_size": kernel.shape[0]})
-        else:
-            size = odd(lerp(ranges["kernel_size"], level))
-            kernel = trajectory_kernel(path, size)
-            params.append({"kernel": "trajectory", "kernel_size": size, "shake": shake})
-        kernels.append(kernel)
-    return conv_per_sample(images, kernels), params
+    """Shake-trajectory or linear kernels: ``blur.draw_motion_kernel``, the CPU type's own draw."""
+    kernels, params = zip(*(draw_motion_kernel(rng, level, ranges) for (rng, _), level in zip(draws, levels)))
+    return conv_per_sample(images, kernels), list(params)
 
 
 def _defocus_blur(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges: Mapping[str, Any]):
@@ -175,19 +161,12 @@ def _defocus_blur(images: torch.Tensor, levels: list[float], draws: list[Draws],
     radii, varying, positions, params = [], [], {}, []
     layers = max(2, int(ranges["depth_layers"]))
     for i, ((rng, _), level) in enumerate(zip(draws, levels)):
-        radius = lerp(ranges["radius"], level)
-        vary = bool(rng.random() < float(ranges["depth_varying_prob"]))
-        depth = 1.0 + 4.0 * smooth_field((h, w), rng)  # drawn always, as on the CPU path
-        focus = float(rng.uniform(1.0, 5.0))
+        radius, pos, p = draw_defocus(rng, level, ranges, (h, w))  # the CPU type's own draws
         radii.append(radius)
-        if vary:
-            coc = np.abs(1.0 / depth - 1.0 / focus)
-            coc = coc / (float(coc.max()) + 1e-12) * radius
-            positions[i] = torch.from_numpy((coc / (radius / (layers - 1))).astype(np.float32)).to(images.device)
+        params.append(p)
+        if pos is not None:
+            positions[i] = torch.from_numpy(pos).to(images.device)
             varying.append(i)
-            params.append({"radius": radius, "depth_varying": True, "focus_depth": focus, "layers": layers})
-        else:
-            params.append({"radius": radius, "depth_varying": False})
     out = torch.empty_like(images)
     fixed = [i for i in range(n) if i not in positions]
     if fixed:
@@ -218,16 +197,9 @@ def linear_to_display(linear: torch.Tensor) -> torch.Tensor:
 
 def _low_light(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges: Mapping[str, Any]):
     """Darkening in linear light plus Poisson-Gaussian sensor noise N(0, shot·x + read)."""
-    values, params = [], []
-    for (rng, _), level in zip(draws, levels):
-        alpha = uniform(rng, ranges["alpha"])
-        beta = uniform(rng, ranges["beta"])
-        shot = math.exp(uniform(rng, [math.log(v) for v in ranges["shot_noise"]]))
-        read = math.exp(uniform(rng, [math.log(v) for v in ranges["read_noise"]]))
-        gamma = lerp(ranges["gamma"], level)
-        values.append((alpha, beta, gamma, shot, read))
-        params.append({"alpha": alpha, "beta": beta, "gamma": gamma, "shot_noise": shot, "read_noise": read})
-    table = torch.tensor(values, dtype=torch.float64)
+    params = [draw_low_light(rng, level, ranges) for (rng, _), level in zip(draws, levels)]
+    keys = ("alpha", "beta", "gamma", "shot_noise", "read_noise")
+    table = torch.tensor([[p[k] for k in keys] for p in params], dtype=torch.float64)
     linear = darken_to_linear(images, table[:, 0], table[:, 1], table[:, 2])
     z = torch.stack([torch.randn(images.shape[1:], generator=gen, device=images.device) for _, gen in draws])
     shot, read = (table[:, k].to(images).view(-1, 1, 1, 1) for k in (3, 4))

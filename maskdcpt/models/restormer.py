@@ -371,7 +371,7 @@ def map_dcpt_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     out = {}
     for key, value in state_dict.items():
         key = re.sub(rf"^{_STAGE_NAMES}\.body\.(\d+)\.", r"\1.blocks.\2.", key)
-        key = re.sub(rf"^((?:encoder_level|decoder_level)\d|latent|refinement)\.(\d+)\.", r"\1.blocks.\2.", key)
+        key = re.sub(r"^((?:encoder_level|decoder_level)\d|latent|refinement)\.(\d+)\.", r"\1.blocks.\2.", key)
         key = re.sub(r"\.(norm\d)\.body\.(weight|bias)$", r".\1.\2", key)
         key = re.sub(r"^((?:down|up)\d_\d)\.body\.0\.", r"\1.conv.", key)
         out[key] = value
