@@ -34,10 +34,8 @@ from .restormer import (
     TransformerStage,
     Upsample,
     _masked,
-    check_inputs,
     checkpoint_filter_fn,
     make_config,
-    pyramid_masks,
 )
 
 __all__ = ["PromptGenBlock", "PromptIR", "PromptIRConfig", "checkpoint_filter_fn", "promptir", "promptir_tiny"]
@@ -146,13 +144,7 @@ class PromptIR(RestorationUNetBase):
     def forward_features(
         self, x: torch.Tensor, keep: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        check_inputs(self, x, keep)
-        m1, m2, m3, m4 = pyramid_masks(keep, x, 4)
-        x = _masked(x, m1)
-        enc1 = self.encoder_level1(self.patch_embed(x, m1), m1)
-        enc2 = self.encoder_level2(self.down1_2(enc1, m1), m2)
-        enc3 = self.encoder_level3(self.down2_3(enc2, m2), m3)
-        latent = self.latent(self.down3_4(enc3, m3), m4)
+        (m1, m2, m3, m4), (enc1, enc2, enc3, latent) = self.encode(x, keep)
         tap3 = self._prompted(latent, m4, self.prompt3, self.noise_level3, self.reduce_noise_level3)
 
         dec3 = torch.cat([self.up4_3(tap3, m4), enc3], dim=1)

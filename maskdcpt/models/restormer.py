@@ -224,6 +224,17 @@ class RestorationUNetBase(nn.Module):
     masked: bool
     output: nn.Conv2d
 
+    def encode(self, x: torch.Tensor, keep: torch.Tensor | None):
+        """The encoder half both families share: the per-level masks (m1..m4, None when dense) and
+        the encoder features enc1..enc3 and the latent."""
+        check_inputs(self, x, keep)
+        m1, m2, m3, m4 = pyramid_masks(keep, x, 4)
+        enc1 = self.encoder_level1(self.patch_embed(_masked(x, m1), m1), m1)
+        enc2 = self.encoder_level2(self.down1_2(enc1, m1), m2)
+        enc3 = self.encoder_level3(self.down2_3(enc2, m2), m3)
+        latent = self.latent(self.down3_4(enc3, m3), m4)
+        return (m1, m2, m3, m4), (enc1, enc2, enc3, latent)
+
     def forward_head(self, feat: torch.Tensor, inp: torch.Tensor | None = None) -> torch.Tensor:
         """``output`` conv on the final features (B, 2·dim, H, W) → (B, out, H, W), plus ``inp`` if given."""
         out = self.output(feat)
@@ -312,13 +323,7 @@ class Restormer(RestorationUNetBase):
     def forward_features(
         self, x: torch.Tensor, keep: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        check_inputs(self, x, keep)
-        m1, m2, m3, m4 = pyramid_masks(keep, x, 4)
-        x = _masked(x, m1)
-        enc1 = self.encoder_level1(self.patch_embed(x, m1), m1)
-        enc2 = self.encoder_level2(self.down1_2(enc1, m1), m2)
-        enc3 = self.encoder_level3(self.down2_3(enc2, m2), m3)
-        latent = self.latent(self.down3_4(enc3, m3), m4)
+        (m1, m2, m3, m4), (enc1, enc2, enc3, latent) = self.encode(x, keep)
 
         dec3 = torch.cat([self.up4_3(latent, m4), enc3], dim=1)
         dec3 = self.decoder_level3(self._reduce(self.reduce_chan_level3, dec3, m3), m3)
