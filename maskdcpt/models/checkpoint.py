@@ -102,7 +102,7 @@ def read_state_dict(path: str | Path, key: str = "params_ema") -> tuple[StateDic
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}, used
 
 
-def _default_filter(model: nn.Module) -> Callable[[StateDict, nn.Module], StateDict] | None:
+def default_filter_fn(model: nn.Module) -> Callable[[StateDict, nn.Module], StateDict] | None:
     """The ``checkpoint_filter_fn`` of the module that defines the model's class (timm's convention), if any."""
     return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
 
@@ -122,7 +122,7 @@ def load_pretrained(
     keys that match in name and shape and returns the report of the rest.
     """
     state, used = read_state_dict(path, key)
-    filter_fn = filter_fn or _default_filter(model)
+    filter_fn = filter_fn or default_filter_fn(model)
     if filter_fn is not None:
         state = filter_fn(state, model)
     own = model.state_dict()

@@ -14,17 +14,18 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from ..config import load_config, save_config
+from ..config import load_config
 from ..data.config import DataConfig
 from ..models import create_model
-from ..models.checkpoint import read_state_dict
+from ..models.checkpoint import default_filter_fn, read_state_dict
 from ..models.prior import add_prior_channels, load_into_prior_model
-from .distributed import DistInfo, cleanup_distributed, init_distributed
+from .distributed import DistInfo
 from .ema import ModelEMA
 from .logging import TensorBoardLogger, image_grid
 from .optim import OptimConfig, ParamGroup
-from .pretrain import RunConfig, build_loader_factory
-from .trainer import StepOutput, Trainer, TrainConfig, resolve_device
+from .pretrain import RunConfig
+from .run import run_task
+from .trainer import StepOutput, TrainConfig
 
 
 @dataclass
@@ -96,9 +97,7 @@ def load_pretrained_weights(model: nn.Module, spec: str, key: str = "params_ema"
         return "pretrained: none — training from scratch"
     path = _pretrained_file(spec)
     state, used = read_state_dict(path, key)
-    import sys
-
-    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    filter_fn = default_filter_fn(model)
     if filter_fn is not None:
         state = filter_fn(state, model)
     own = model.state_dict()
@@ -178,23 +177,8 @@ class FinetuneTask:
 
 def run_finetuning(cfg: FinetuneConfig, resume: bool | str = "auto") -> dict[str, Any]:
     """A complete fine-tuning run in ``run_dir(cfg)``; writes ``restorer.safetensors`` (EMA weights)."""
-    device = resolve_device(cfg.train.device)
-    dist = init_distributed(device.type)
-    try:
-        torch.manual_seed(cfg.train.seed)
-        out_dir = run_dir(cfg)
-        if dist.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out_dir / "config.yaml")
-        task = FinetuneTask(cfg, dist)
-        if dist.is_main:
-            print(task.report, flush=True)
-        trainer = Trainer(task, cfg.train, cfg.optim, out_dir, build_loader_factory(cfg, dist), dist)
-        if dist.is_main:
-            print(f"run folder: {out_dir.resolve()}", flush=True)
-        metrics = trainer.fit(resume)
-        if dist.is_main:
-            print(f"done at step {metrics['step']}: EMA restorer in {out_dir.resolve() / 'restorer.safetensors'}", flush=True)
-        return metrics
-    finally:
-        cleanup_distributed()
+    out_dir = run_dir(cfg)
+    return run_task(
+        cfg, out_dir, FinetuneTask, resume, announce=lambda task: task.report,
+        finished=lambda m: f"done at step {m['step']}: EMA restorer in {out_dir.resolve() / 'restorer.safetensors'}",
+    )

@@ -16,17 +16,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import load_config, save_config
+from ..config import load_config
 from ..data.config import DataConfig
 from ..losses import focal_loss, masked_l1, supervised_contrastive_loss
 from ..models import build_maskdcpt
 from ..models.maskdcpt import MaskDCPTOutput
 from ..models.masking import random_keep_map
 from .checkpoint import save_weights
-from .distributed import DistInfo, cleanup_distributed, gather_with_grad, init_distributed
+from .distributed import DistInfo, gather_with_grad
 from .logging import TensorBoardLogger, confusion_matrix, image_grid, render_confusion
 from .optim import OptimConfig, ParamGroup
-from .trainer import StepOutput, Trainer, TrainConfig, resolve_device
+from .run import run_task
+from .trainer import StepOutput, TrainConfig
 
 # a stream id so that mask draws never coincide with the data's draws of the same seed
 _MASK_STREAM = 0x4D41534B
@@ -221,38 +222,11 @@ def export_encoder_weights(model: nn.Module, cfg: PretrainConfig, path: Path) ->
     return path
 
 
-def build_loader_factory(cfg: PretrainConfig, dist: DistInfo):
-    from ..data.loader import build_train_loader
-
-    per_rank = cfg.train.batch_size // dist.world_size
-
-    def make(start_step: int):
-        return build_train_loader(
-            cfg.data, seed=cfg.train.seed, batch_size=per_rank, rank=dist.rank, world_size=dist.world_size,
-            num_workers=cfg.data.num_workers, start_step=start_step,
-        )
-
-    return make
-
-
 def run_pretraining(cfg: PretrainConfig, resume: bool | str = "auto") -> dict[str, Any]:
     """A complete pre-training run in ``run_dir(cfg)``; resumes from its last checkpoint."""
     validate(cfg)
-    device = resolve_device(cfg.train.device)
-    dist = init_distributed(device.type)
-    try:
-        torch.manual_seed(cfg.train.seed)  # model initialisation
-        out_dir = run_dir(cfg)
-        if dist.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out_dir / "config.yaml")
-        task = PretrainTask(cfg, dist)
-        trainer = Trainer(task, cfg.train, cfg.optim, out_dir, build_loader_factory(cfg, dist), dist)
-        if dist.is_main:
-            print(f"run folder: {out_dir.resolve()}", flush=True)
-        metrics = trainer.fit(resume)
-        if dist.is_main:
-            print(f"done at step {metrics['step']}: {out_dir.resolve()} (tensorboard --logdir {out_dir / 'tensorboard'})", flush=True)
-        return metrics
-    finally:
-        cleanup_distributed()
+    out_dir = run_dir(cfg)
+    return run_task(
+        cfg, out_dir, PretrainTask, resume,
+        finished=lambda m: f"done at step {m['step']}: {out_dir.resolve()} (tensorboard --logdir {out_dir / 'tensorboard'})",
+    )
