@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from .registry import TYPE_NAMES, all_types
-from .sampling import make_rng
+from .rng import make_rng
 from .samples import sample_photos
 
 

@@ -13,8 +13,9 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from .levels import lerp
 from .registry import register
-from .sampling import lerp, uniform
+from .rng import uniform
 
 
 # ----------------------------------------------------------------------------- helpers

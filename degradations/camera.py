@@ -15,9 +15,10 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from .levels import lerp
 from .noise import add_heteroscedastic_noise
 from .registry import register
-from .sampling import lerp, uniform
+from .rng import uniform
 
 # XYZ → camera-RGB colour matrices of four real cameras (the set Brooks et al. mix; they are the
 # ColorMatrix entries of the cameras' DNG profiles, as in the Darmstadt Noise Dataset).

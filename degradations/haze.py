@@ -12,8 +12,9 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from .levels import log_lerp
 from .registry import register
-from .sampling import log_lerp, uniform
+from .rng import uniform
 
 HAZE_RANGES: dict[str, Any] = {
     # β at level 0 and at level 1 (geometric map), the farthest point has t = exp(−β).

@@ -36,9 +36,3 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     """Float [0, 1] → uint8 with rounding (the convention of OpenCV and BasicSR)."""
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
-
-def check_level(level: float) -> float:
-    level = float(level)
-    if not np.isfinite(level) or not 0.0 <= level <= 1.0:
-        raise ValueError(f"level must lie in [0, 1], got {level}")
-    return level

@@ -7,9 +7,10 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from .levels import lerp
 from .noise import add_heteroscedastic_noise
 from .registry import register
-from .sampling import lerp, uniform
+from .rng import uniform
 
 DISPLAY_GAMMA = 2.2  # sRGB ↔ linear light, the usual power-law approximation
 # Floors that keep OpenCV's pow on normal floats: exact zeros and denormal results take a slow path

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from .registry import register, resolve
-from .sampling import make_rng
+from .rng import make_rng
 
 # CDD-11 (Guo et al., OneRestore): low light, haze, rain, snow and their allowed combinations.
 CDD11_COMBINATIONS: tuple[str, ...] = ("l", "h", "r", "s", "l+h", "l+r", "l+s", "h+r", "h+s", "l+h+r", "l+h+s")

@@ -16,8 +16,8 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from .levels import lerp
 from .registry import register
-from .sampling import lerp
 
 # method → (OpenCV code, bit depth it supports best). VNG exists only for 8-bit input.
 DEMOSAIC_CODES = {

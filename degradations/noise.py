@@ -10,8 +10,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .levels import lerp
 from .registry import register
-from .sampling import lerp
 
 # Real-ESRGAN counts photons on an 8-bit grid: the number of distinct values rounded up to a power of two.
 # Images here come from uint8, so that count is 256; fixing it avoids a costly ``np.unique`` per sample.

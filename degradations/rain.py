@@ -18,8 +18,9 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from .levels import lerp
 from .registry import register
-from .sampling import lerp, uniform
+from .rng import uniform
 
 REFERENCE_SIZE = 256.0  # literature pixel ranges are for ~256² crops
 

@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 
 from .blur import disk_kernel, draw_defocus, draw_motion_kernel, random_kernel
-from .image import check_level
+from .levels import check_level, lerp, log_lerp
 from .lowlight import DISPLAY_GAMMA, INPUT_FLOOR, LINEAR_FLOOR, draw_low_light
 from .mosaic import HARSH_METHODS
 from .noise import LUMA, NOISE_MODELS, POISSON_LEVELS
 from .registry import resolve
-from .sampling import SeedLike, lerp, log_lerp, make_rng, uniform
+from .rng import SeedLike, make_rng, seed_entropy, uniform
 
 # Appended to a sample's seed to get the independent stream that seeds its torch.Generator.
 TORCH_NOISE_STREAM = 0x70C4
@@ -46,16 +46,9 @@ GroupFn = Callable[[torch.Tensor, list[float], list[Draws], Mapping[str, Any]], 
 
 
 # ----------------------------------------------------------------------------- helpers
-def _seed_entropy(seed: SeedLike) -> list[int]:
-    entropy = [int(seed)] if np.isscalar(seed) else [int(s) for s in seed]
-    if any(s < 0 for s in entropy):
-        raise ValueError(f"seed entries must be non-negative integers, got {entropy}")
-    return entropy
-
-
 def sample_draws(seed: SeedLike, device: torch.device) -> Draws:
     """The parameter generator (identical to the CPU path's) and the pixel-noise torch.Generator of one seed."""
-    entropy = _seed_entropy(seed)
+    entropy = seed_entropy(seed)
     torch_seed = int(make_rng([*entropy, TORCH_NOISE_STREAM]).integers(0, 2**63 - 1))
     gen = torch.Generator(device=device)
     gen.manual_seed(torch_seed)

@@ -12,7 +12,7 @@ from degradations.moire import MOIRE_RANGES
 from degradations.rain import (
     DROP_COLUMNS, DROP_RANGES, STREAK_RANGES, apply_raindrops, blend_rain, draw_drops, rain_streak_layer,
 )
-from degradations.sampling import make_rng
+from degradations.rng import make_rng
 from degradations.snow import SNOW_RANGES, composite_snow, snow_mask
 
 MY_TYPES = (
