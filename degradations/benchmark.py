@@ -19,9 +19,9 @@ import time
 
 import numpy as np
 
+from .photos import sample_photos
 from .registry import TYPE_NAMES, all_types
 from .rng import make_rng
-from .samples import sample_photos
 
 
 def _pin_to_one_core() -> None:

@@ -37,8 +37,8 @@ from degradations.jpeg import SAMPLING_420, SAMPLING_444, jpeg_compress
 from degradations.lowlight import darken, darken_linear
 from degradations.mosaic import DEMOSAIC_CODES, bayer_mask, bayer_rggb, demosaic
 from degradations.noise import add_gaussian_noise, add_poisson_noise, add_salt_pepper, poisson_counts
+from degradations.photos import sample_photos
 from degradations.rng import make_rng
-from degradations.samples import sample_photos
 
 CENTROID_TOLERANCE = 1e-3  # px: kernels are centred by construction, so only float rounding remains
 

@@ -14,8 +14,8 @@ from degradations import degrade
 from degradations.blur import apply_kernel, gaussian_kernel, linear_kernel, trajectory_kernel, shake_trajectory
 from degradations.lowlight import darken_linear, linear_to_display as cpu_linear_to_display
 from degradations.mosaic import bayer_rggb, demosaic
+from degradations.photos import sample_photos
 from degradations.rng import make_rng
-from degradations.samples import sample_photos
 from degradations.torch_ops import (
     TORCH_TYPES,
     conv_per_sample,
