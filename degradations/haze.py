@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from .fields import coarse_shape, smooth_random_field
 from .levels import log_lerp
 from .registry import register
 from .rng import uniform
@@ -34,22 +35,11 @@ HAZE_RANGES: dict[str, Any] = {
 }
 
 
-def smooth_random_field(shape: tuple[int, int], rng: np.random.Generator, cells: int) -> np.ndarray:
-    """A smooth field in [0, 1] of ``shape`` (H, W): random values on a coarse grid, bicubic-upsampled."""
-    h, w = shape
-    gh = max(2, round(cells * h / max(h, w)))
-    gw = max(2, round(cells * w / max(h, w)))
-    coarse = rng.random((gh, gw), dtype=np.float32)
-    field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-    lo, hi = float(field.min()), float(field.max())
-    return (field - lo) / max(hi - lo, 1e-6)
-
-
 def low_frequency_luminance(image: np.ndarray, cells: int = 12) -> np.ndarray:
     """The image's luminance (H, W) in [0, 1] with only its coarse structure kept."""
     h, w = image.shape[:2]
     luma = image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    gh, gw = max(2, round(cells * h / max(h, w))), max(2, round(cells * w / max(h, w)))
+    gh, gw = coarse_shape((h, w), cells)
     small = cv2.resize(luma, (gw, gh), interpolation=cv2.INTER_AREA)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC).clip(0.0, 1.0)
 

@@ -18,8 +18,9 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-from .blur import GAUSSIAN_RANGES, apply_kernel, random_kernel, sinc_kernel
+from .gaussian_blur import GAUSSIAN_RANGES, random_kernel
 from .jpeg import jpeg_compress
+from .kernels import apply_kernel, sinc_kernel
 from .levels import lerp
 from .noise import add_gaussian_noise, add_poisson_noise
 from .registry import register

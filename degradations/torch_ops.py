@@ -29,10 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .blur import disk_kernel, draw_defocus, draw_motion_kernel, random_kernel
+from .defocus_blur import draw_defocus
+from .fields import coarse_shape
+from .gaussian_blur import random_kernel
+from .kernels import disk_kernel
 from .levels import check_level, lerp, log_lerp
 from .lowlight import DISPLAY_GAMMA, INPUT_FLOOR, LINEAR_FLOOR, draw_low_light
 from .mosaic import HARSH_METHODS
+from .motion_blur import draw_motion_kernel
 from .noise import LUMA, NOISE_MODELS, POISSON_LEVELS
 from .registry import resolve
 from .rng import SeedLike, make_rng, seed_entropy, uniform
@@ -58,7 +62,7 @@ def sample_draws(seed: SeedLike, device: torch.device) -> Draws:
 def conv_per_sample(images: torch.Tensor, kernels: Sequence[np.ndarray]) -> torch.Tensor:
     """Convolve sample i of images (n, 3, H, W) with kernels[i] (odd square), reflect-101 border.
 
-    A true convolution (kernel flipped; conv2d correlates), equal to ``blur.apply_kernel``. Samples with
+    A true convolution (kernel flipped; conv2d correlates), equal to ``kernels.apply_kernel``. Samples with
     equal kernel sizes share one grouped conv2d (one group per channel of each sample); no kernel is
     zero-padded, so a sample's result does not depend on the sizes of the others.
     """
@@ -137,13 +141,13 @@ def _noise(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges
 
 # ----------------------------------------------------------------------------- blurs (types 2–4)
 def _gaussian_blur(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges: Mapping[str, Any]):
-    """Real-ESRGAN kernels from ``blur.random_kernel`` (the CPU draws), one per sample."""
+    """Real-ESRGAN kernels from ``gaussian_blur.random_kernel`` (the CPU draws), one per sample."""
     kernels, params = zip(*(random_kernel(rng, level, ranges) for (rng, _), level in zip(draws, levels)))
     return conv_per_sample(images, kernels), list(params)
 
 
 def _motion_blur(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges: Mapping[str, Any]):
-    """Shake-trajectory or linear kernels: ``blur.draw_motion_kernel``, the CPU type's own draw."""
+    """Shake-trajectory or linear kernels: ``motion_blur.draw_motion_kernel``, the CPU type's own draw."""
     kernels, params = zip(*(draw_motion_kernel(rng, level, ranges) for (rng, _), level in zip(draws, levels)))
     return conv_per_sample(images, kernels), list(params)
 
@@ -226,8 +230,7 @@ def _haze(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges:
         wts /= max(float(wts.sum()), 1e-6)
         cells = int(rng.integers(3, 7))
         d_min = uniform(rng, ranges["depth_min"])
-        gh, gw = max(2, round(cells * h / max(h, w))), max(2, round(cells * w / max(h, w)))
-        coarse = torch.from_numpy(rng.random((gh, gw), dtype=np.float32)).to(dev)
+        coarse = torch.from_numpy(rng.random(coarse_shape((h, w), cells), dtype=np.float32)).to(dev)
         fields.append(_normalise(_upsample_bicubic(coarse[None, None], h, w)))
         brightness = uniform(rng, ranges["airlight"])
         tint = float(ranges["airlight_tint"])
@@ -241,7 +244,7 @@ def _haze(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges:
         params.append({"beta": beta, "airlight": [float(v) for v in airlight], "depth_cells": cells,
                        "depth_min": d_min, "depth_weights": [round(float(v), 4) for v in wts]})
     luma_cells = 12
-    gh, gw = max(2, round(luma_cells * h / max(h, w))), max(2, round(luma_cells * w / max(h, w)))
+    gh, gw = coarse_shape((h, w), luma_cells)
     luma = _upsample_bicubic(F.interpolate(_luma(images), size=(gh, gw), mode="area"), h, w).clamp(0.0, 1.0)
     ramp = torch.linspace(1.0, 0.0, h, device=dev).view(1, 1, h, 1).expand(n, 1, h, w)
     wt = torch.tensor(np.stack(weights), dtype=torch.float32, device=dev).view(n, 3, 1, 1)

@@ -1,13 +1,15 @@
 """Imports every implementation module so that all 19 types register."""
 from . import (  # noqa: F401
-    blur,
     camera,
+    defocus_blur,
+    gaussian_blur,
     haze,
     jpeg,
     lowlight,
     mixed,
     moire,
     mosaic,
+    motion_blur,
     noise,
     rain,
     realesrgan,

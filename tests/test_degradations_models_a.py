@@ -8,19 +8,6 @@ import numpy as np
 import pytest
 
 from degradations import degrade, resolve
-from degradations.blur import (
-    GAUSSIAN_RANGES,
-    apply_kernel,
-    apply_kernels_dft,
-    bessel_j1,
-    disk_kernel,
-    kernel_centroid,
-    linear_kernel,
-    random_kernel,
-    shake_trajectory,
-    sinc_kernel,
-    trajectory_kernel,
-)
 from degradations.camera import DEFAULT_RANGES as CAMERA_RANGES
 from degradations.camera import (
     HIGHLIGHT_THRESHOLD,
@@ -32,10 +19,13 @@ from degradations.camera import (
     srgb_to_linear,
     unprocess,
 )
+from degradations.gaussian_blur import GAUSSIAN_RANGES, random_kernel
 from degradations.image import to_uint8
 from degradations.jpeg import SAMPLING_420, SAMPLING_444, jpeg_compress
+from degradations.kernels import apply_kernel, apply_kernels_dft, bessel_j1, disk_kernel, kernel_centroid, sinc_kernel
 from degradations.lowlight import darken, darken_linear
 from degradations.mosaic import DEMOSAIC_CODES, bayer_mask, bayer_rggb, demosaic
+from degradations.motion_blur import linear_kernel, shake_trajectory, trajectory_kernel
 from degradations.noise import add_gaussian_noise, add_poisson_noise, add_salt_pepper, poisson_counts
 from degradations.photos import sample_photos
 from degradations.rng import make_rng

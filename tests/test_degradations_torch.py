@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from degradations import degrade
-from degradations.blur import apply_kernel, gaussian_kernel, linear_kernel, trajectory_kernel, shake_trajectory
+from degradations.kernels import apply_kernel, gaussian_kernel
 from degradations.lowlight import darken_linear, linear_to_display as cpu_linear_to_display
 from degradations.mosaic import bayer_rggb, demosaic
+from degradations.motion_blur import linear_kernel, shake_trajectory, trajectory_kernel
 from degradations.photos import sample_photos
 from degradations.rng import make_rng
 from degradations.torch_ops import (
