@@ -2,10 +2,14 @@
 reader and writer of image files (uint8 RGB)."""
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
 MIN_SIZE = 32
+# The literature's pixel ranges (streak length, drop radius, flake size) are for crops of about 256².
+REFERENCE_SIZE = 256.0
 
 
 def as_float_image(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -32,6 +36,11 @@ def as_float_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise ValueError(f"{name}: values must lie in [0, 1], got [{lo:.4g}, {hi:.4g}]")
     return np.clip(out, 0.0, 1.0, out=out) if (lo < 0 or hi > 1) else out
+
+
+def pixel_scale(shape: tuple[int, ...]) -> float:
+    """√(H·W) / REFERENCE_SIZE for ``shape`` (H, W, …): lengths given at 256² are multiplied by this."""
+    return math.sqrt(shape[0] * shape[1]) / REFERENCE_SIZE
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ from . import (  # noqa: F401
     mosaic,
     motion_blur,
     noise,
-    rain,
+    rain_streaks,
+    raindrops,
     realesrgan,
     snow,
 )
