@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from .color import linear_to_srgb, srgb_to_linear
 from .levels import lerp
 from .noise import add_heteroscedastic_noise
 from .registry import register
@@ -34,10 +35,8 @@ XYZ_TO_CAMS = np.array(
 RGB_TO_XYZ = np.array(
     [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
 )
-GAMMA = 2.2
 # Highlights above this gray level keep (part of) their brightness in safe gain inversion.
 HIGHLIGHT_THRESHOLD = 0.9
-EPS = 1e-8
 
 
 @dataclass
@@ -76,31 +75,6 @@ def _apply_matrix(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 def _gains(meta: CameraMeta) -> np.ndarray:
     return np.array([meta.red_gain, 1.0, meta.blue_gain], dtype=np.float32) * np.float32(meta.rgb_gain)
-
-
-def srgb_to_linear(image: np.ndarray) -> np.ndarray:
-    """sRGB in [0, 1] → linear light: inverse smoothstep tone curve (of 3x² − 2x³), then x^2.2. float32."""
-    t = np.clip(image, 0.0, 1.0).astype(np.float32)
-    t *= np.float32(-2.0)
-    t += np.float32(1.0)
-    np.arcsin(t, out=t)
-    t *= np.float32(1.0 / 3.0)
-    np.sin(t, out=t)
-    np.subtract(np.float32(0.5), t, out=t)
-    np.maximum(t, np.float32(EPS), out=t)
-    return cv2.pow(t, GAMMA)  # OpenCV's vectorised pow: ~5x numpy's, same result to 2e-7
-
-
-def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
-    """Linear light → sRGB in [0, 1]: clip, x^(1/2.2), then the smoothstep tone curve. float32."""
-    x = np.clip(linear, np.float32(EPS), np.float32(1.0)).astype(np.float32)
-    x = cv2.pow(x, 1.0 / GAMMA)
-    # smoothstep: x²(3 − 2x)
-    y = x * np.float32(-2.0)
-    y += np.float32(3.0)
-    y *= x
-    y *= x
-    return y
 
 
 def unprocess(image: np.ndarray, meta: CameraMeta) -> np.ndarray:

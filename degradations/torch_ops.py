@@ -29,12 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .color import DISPLAY_GAMMA, linear_to_display
 from .defocus_blur import draw_defocus
 from .fields import coarse_shape
 from .gaussian_blur import random_kernel
 from .kernels import disk_kernel
 from .levels import check_level, lerp, log_lerp
-from .lowlight import DISPLAY_GAMMA, INPUT_FLOOR, LINEAR_FLOOR, draw_low_light
+from .lowlight import INPUT_FLOOR, draw_low_light
 from .mosaic import HARSH_METHODS
 from .motion_blur import draw_motion_kernel
 from .noise import LUMA, NOISE_MODELS, POISSON_LEVELS
@@ -185,11 +186,6 @@ def darken_to_linear(images: torch.Tensor, alpha: torch.Tensor, beta: torch.Tens
     a, b, g = (t.view(-1, 1, 1, 1).to(images) for t in (alpha, beta, gamma))
     scale = (b * a.pow(g)).pow(DISPLAY_GAMMA)
     return images.clamp(INPUT_FLOOR, 1.0).pow(g * DISPLAY_GAMMA) * scale
-
-
-def linear_to_display(linear: torch.Tensor) -> torch.Tensor:
-    """Linear light → display values in [0, 1] (clipped, power 1/2.2), as ``lowlight.linear_to_display``."""
-    return linear.clamp(LINEAR_FLOOR, 1.0).pow(1.0 / DISPLAY_GAMMA)
 
 
 def _low_light(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges: Mapping[str, Any]):

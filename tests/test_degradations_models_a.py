@@ -16,9 +16,9 @@ from degradations.camera import (
     mosaic_rggb,
     process,
     random_meta,
-    srgb_to_linear,
     unprocess,
 )
+from degradations.color import srgb_to_linear
 from degradations.gaussian_blur import GAUSSIAN_RANGES, random_kernel
 from degradations.image import to_uint8
 from degradations.jpeg import SAMPLING_420, SAMPLING_444, jpeg_compress

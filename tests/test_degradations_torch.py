@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from degradations import degrade
+from degradations.color import linear_to_display
 from degradations.kernels import apply_kernel, gaussian_kernel
-from degradations.lowlight import darken_linear, linear_to_display as cpu_linear_to_display
+from degradations.lowlight import darken_linear
 from degradations.mosaic import bayer_rggb, demosaic
 from degradations.motion_blur import linear_kernel, shake_trajectory, trajectory_kernel
 from degradations.photos import sample_photos
@@ -23,7 +24,6 @@ from degradations.torch_ops import (
     darken_to_linear,
     degrade_batch,
     demosaic_bilinear,
-    linear_to_display,
 )
 
 BLUR_TYPES = ("motion_blur", "defocus_blur", "gaussian_blur")
@@ -104,7 +104,7 @@ def test_low_light_formula_equals_cpu_darkening(photo):
     t = darken_to_linear(to_tensor(photo), torch.tensor([alpha]), torch.tensor([beta]), torch.tensor([gamma]))
     cpu_linear = darken_linear(photo, alpha, beta, gamma)
     np.testing.assert_allclose(to_image(t[0]), cpu_linear, rtol=1e-4, atol=1e-9)
-    np.testing.assert_allclose(to_image(linear_to_display(t)[0]), cpu_linear_to_display(cpu_linear), atol=1e-5)
+    np.testing.assert_allclose(to_image(linear_to_display(t)[0]), linear_to_display(cpu_linear), atol=1e-5)
 
 
 def test_low_light_with_negligible_noise_equals_cpu(photo):
