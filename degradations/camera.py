@@ -17,6 +17,7 @@ import numpy as np
 
 from .color import linear_to_srgb, srgb_to_linear
 from .levels import lerp
+from .mosaic import bayer_rggb, demosaic
 from .noise import add_heteroscedastic_noise
 from .registry import register
 from .rng import uniform
@@ -99,26 +100,6 @@ def process(raw: np.ndarray, meta: CameraMeta) -> np.ndarray:
     return linear_to_srgb(_apply_matrix(x, meta.cam2rgb))
 
 
-def mosaic_rggb(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) → (H, W) RGGB Bayer plane: R at (even, even), G at (even, odd) and (odd, even), B at (odd, odd)."""
-    bayer = image[..., 1].copy()
-    bayer[0::2, 0::2] = image[0::2, 0::2, 0]
-    bayer[1::2, 1::2] = image[1::2, 1::2, 2]
-    return bayer
-
-
-def demosaic_bilinear(bayer: np.ndarray) -> np.ndarray:
-    """RGGB (H, W) in [0, 1] → (H, W, 3) by OpenCV bilinear demosaicking on 16 bits.
-
-    Padding by 2 px with reflect-101 keeps the CFA phase (a mirror about a pixel maps even to even)
-    and gives OpenCV's border rows real neighbours; the pad is cropped off.
-    """
-    padded = cv2.copyMakeBorder(bayer, 2, 2, 2, 2, cv2.BORDER_REFLECT_101)
-    q = (np.clip(padded, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
-    rgb = cv2.cvtColor(q, cv2.COLOR_BayerRGGB2RGB)[2:-2, 2:-2]
-    return rgb.astype(np.float32) * np.float32(1.0 / 65535.0)
-
-
 DEFAULT_RANGES = {
     "shot_noise": [1e-4, 1.2e-2],  # shot-noise variance factor, level 0 → 1 (log-linear)
     "read_noise_slope": 2.18,  # log read = slope · log shot + intercept + N(0, std)
@@ -143,8 +124,8 @@ def camera_noise(image: np.ndarray, level: float, rng: np.random.Generator, rang
         + float(rng.normal(0.0, float(ranges["read_noise_std"])))
     )
     shot, read = math.exp(log_shot), math.exp(log_read)
-    bayer = mosaic_rggb(unprocess(image, meta))
+    bayer = bayer_rggb(unprocess(image, meta))
     noisy = add_heteroscedastic_noise(bayer, shot, read, rng)
-    out = process(demosaic_bilinear(noisy), meta)
+    out = process(demosaic(noisy, "bilinear"), meta)
     params = {"shot_noise": shot, "read_noise": read, **asdict(meta)}
     return out, params

@@ -36,7 +36,7 @@ from .gaussian_blur import random_kernel
 from .kernels import disk_kernel
 from .levels import check_level, lerp, log_lerp
 from .lowlight import INPUT_FLOOR, draw_low_light
-from .mosaic import HARSH_METHODS
+from .mosaic import HARSH_METHODS, bayer_mask
 from .motion_blur import draw_motion_kernel
 from .noise import LUMA, NOISE_MODELS, POISSON_LEVELS
 from .registry import resolve
@@ -256,13 +256,9 @@ def _haze(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges:
 
 # ----------------------------------------------------------------------------- mosaic (type 11)
 def bayer_mask_torch(h: int, w: int, device: torch.device) -> torch.Tensor:
-    """(1, 3, H, W) RGGB sampling mask: R at (even, even), G at (even, odd)/(odd, even), B at (odd, odd)."""
-    mask = torch.zeros((1, 3, h, w), device=device)
-    mask[0, 0, 0::2, 0::2] = 1.0
-    mask[0, 1, 0::2, 1::2] = 1.0
-    mask[0, 1, 1::2, 0::2] = 1.0
-    mask[0, 2, 1::2, 1::2] = 1.0
-    return mask
+    """(1, 3, H, W) float RGGB sampling mask: ``mosaic.bayer_mask``'s 2×2 tile repeated over the image."""
+    tile = torch.from_numpy(bayer_mask()).permute(2, 0, 1).float()  # (3, 2, 2)
+    return tile.repeat(1, (h + 1) // 2, (w + 1) // 2)[None, :, :h, :w].to(device)
 
 
 # Bilinear demosaicking as convolutions of the sparse colour planes: G from its 4 neighbours, R and B

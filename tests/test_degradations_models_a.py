@@ -12,8 +12,6 @@ from degradations.camera import DEFAULT_RANGES as CAMERA_RANGES
 from degradations.camera import (
     HIGHLIGHT_THRESHOLD,
     _apply_matrix,
-    demosaic_bilinear,
-    mosaic_rggb,
     process,
     random_meta,
     unprocess,
@@ -125,9 +123,9 @@ def test_unprocess_changes_the_image_and_gains_are_in_range():
 
 def test_bayer_demosaic_of_a_constant_is_constant():
     flat = np.full((40, 40, 3), [0.2, 0.5, 0.7], dtype=np.float32)
-    bayer = mosaic_rggb(flat)
+    bayer = bayer_rggb(flat)
     assert bayer[0, 0] == pytest.approx(0.2) and bayer[0, 1] == pytest.approx(0.5) and bayer[1, 1] == pytest.approx(0.7)
-    assert np.allclose(demosaic_bilinear(bayer), flat, atol=2e-5)
+    assert np.allclose(demosaic(bayer, "bilinear"), flat, atol=2e-5)
 
 
 def test_camera_noise_shot_and_read_noise_model():
