@@ -20,8 +20,6 @@ This is the only module of ``degradations`` that imports torch.
 from __future__ import annotations
 
 import copy
-import math
-import time
 from typing import Any, Callable, Mapping, Sequence
 
 import cv2
@@ -372,37 +370,3 @@ def degrade_batch(
         for i, p in zip(idx, group_params):
             params[i] = {"type": name, **p}
     return out, params
-
-
-def benchmark_batch(size: int = 128, batch: int = 64, device: str | torch.device = "cpu", repeats: int = 3) -> dict[str, float]:
-    """Time ms/sample of each torch type on a random-smooth batch (B, 3, size, size); prints a table.
-
-    The best of ``repeats`` runs after one warm-up, with a device synchronise around each run.
-    """
-    dev = torch.device(device)
-    gen = torch.Generator().manual_seed(0)
-    base = torch.rand((batch, 3, size // 8, size // 8), generator=gen)
-    images = F.interpolate(base, size=(size, size), mode="bilinear", align_corners=False).to(dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    results = {}
-    for name in TORCH_TYPES:
-        best = math.inf
-        for r in range(repeats + 1):
-            seeds = [(r, i) for i in range(batch)]
-            levels = [(i % 11) / 10 for i in range(batch)]
-            sync()
-            start = time.perf_counter()
-            degrade_batch(images, [name] * batch, levels, seeds)
-            sync()
-            if r:  # r = 0 is the warm-up
-                best = min(best, time.perf_counter() - start)
-        results[name] = 1000.0 * best / batch
-    print(f"torch path, {batch}×3×{size}×{size} on {dev}, {torch.get_num_threads()} threads")
-    print(f"{'type':<16}{'ms/sample':>10}")
-    for name, ms in results.items():
-        print(f"{name:<16}{ms:>10.3f}")
-    return results
-
-
-if __name__ == "__main__":
-    benchmark_batch()

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from degradations import degrade
+from degradations.benchmark import benchmark_batch
 from degradations.color import linear_to_display
 from degradations.kernels import apply_kernel, gaussian_kernel
 from degradations.lowlight import darken_linear
@@ -299,3 +300,8 @@ def test_cuda_matches_cpu(texture):
         if name in BLUR_TYPES + ("haze", "mosaic"):  # no pixel noise: same result up to float rounding
             assert torch.allclose(gpu[i].cpu(), cpu[i], atol=1e-4), name
         assert p_gpu[i].keys() == p_cpu[i].keys()
+
+
+def test_benchmark_batch_times_every_torch_type():
+    result = benchmark_batch(size=32, batch=2, repeats=1)
+    assert list(result) == list(TORCH_TYPES) and all(ms > 0 for ms in result.values())
