@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-from .fields import coarse_shape, smooth_random_field
+from .fields import coarse_shape, smooth_field
 from .levels import log_lerp
 from .registry import register
 from .rng import uniform
@@ -44,27 +44,45 @@ def low_frequency_luminance(image: np.ndarray, cells: int = 12) -> np.ndarray:
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC).clip(0.0, 1.0)
 
 
+def draw_depth_cues(rng: np.random.Generator, ranges: Mapping[str, Any], shape: tuple[int, int]) -> dict[str, Any]:
+    """The random part of one plausible depth (shared with the torch path), in draw order: the three
+    cue weights as drawn (ramp, field, luminance; not yet normalised), the field's grid size
+    ``cells``, the nearest depth ``depth_min`` and the field's coarse values (float32, :func:`coarse_shape`)."""
+    weights = [uniform(rng, ranges[key]) for key in ("ramp_weight", "field_weight", "luminance_weight")]
+    cells = int(rng.integers(3, 7))
+    d_min = uniform(rng, ranges["depth_min"])
+    coarse = rng.random(coarse_shape(shape, cells), dtype=np.float32)
+    return {"weights": weights, "cells": cells, "depth_min": d_min, "coarse": coarse}
+
+
 def plausible_depth(
     image: np.ndarray, rng: np.random.Generator, ranges: Mapping[str, Any]
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Relative depth (H, W) in [depth_min, 1], far at the top, and the weights that made it."""
     h, w = image.shape[:2]
-    weights = np.array(
-        [uniform(rng, ranges["ramp_weight"]), uniform(rng, ranges["field_weight"]),
-         uniform(rng, ranges["luminance_weight"])],
-        dtype=np.float32,
-    )
+    cues = draw_depth_cues(rng, ranges, (h, w))
+    weights = np.array(cues["weights"], dtype=np.float32)
     weights /= max(float(weights.sum()), 1e-6)
-    cells = int(rng.integers(3, 7))
-    d_min = uniform(rng, ranges["depth_min"])
+    cells, d_min = cues["cells"], cues["depth_min"]
     ramp = np.linspace(1.0, 0.0, h, dtype=np.float32)[:, None]
-    field = smooth_random_field((h, w), rng, cells)
+    field = smooth_field(cues["coarse"], (h, w))
     luma = low_frequency_luminance(image)
     depth = weights[0] * ramp + weights[1] * field + weights[2] * luma
     lo, hi = float(depth.min()), float(depth.max())
     depth = d_min + (1.0 - d_min) * (depth - lo) / max(hi - lo, 1e-6)
     info = {"depth_weights": [round(float(v), 4) for v in weights], "depth_cells": cells, "depth_min": d_min}
     return depth.astype(np.float32), info
+
+
+def draw_airlight_beta(rng: np.random.Generator, level: float, ranges: Mapping[str, Any]) -> tuple[np.ndarray, float]:
+    """The airlight A (3,) float32, slightly tinted, and the jittered optical thickness β at ``level``
+    (shared with the torch path); drawn after the depth cues."""
+    brightness = uniform(rng, ranges["airlight"])
+    tint = float(ranges["airlight_tint"])
+    airlight = np.clip(brightness + rng.uniform(-tint, tint, size=3), 0.0, 1.0).astype(np.float32)
+    jitter = float(ranges["beta_jitter"])
+    beta = log_lerp(ranges["beta"], level) * (1.0 + float(rng.uniform(-jitter, jitter)))
+    return airlight, beta
 
 
 def transmission(depth: np.ndarray, beta: float) -> np.ndarray:
@@ -84,11 +102,7 @@ def haze(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapp
     # Draw every random quantity first, independent of the level, so one seed at rising levels
     # gives the same scene with thicker haze.
     depth, depth_info = plausible_depth(image, rng, ranges)
-    brightness = uniform(rng, ranges["airlight"])
-    tint = float(ranges["airlight_tint"])
-    airlight = np.clip(brightness + rng.uniform(-tint, tint, size=3), 0.0, 1.0).astype(np.float32)
-    jitter = float(ranges["beta_jitter"])
-    beta = log_lerp(ranges["beta"], level) * (1.0 + float(rng.uniform(-jitter, jitter)))
+    airlight, beta = draw_airlight_beta(rng, level, ranges)
     t = transmission(depth, beta)
     out = scatter(image, t, airlight)
     params = {

@@ -31,14 +31,15 @@ from .color import DISPLAY_GAMMA, linear_to_display
 from .defocus_blur import draw_defocus
 from .fields import coarse_shape
 from .gaussian_blur import random_kernel
+from .haze import draw_airlight_beta, draw_depth_cues
 from .kernels import disk_kernel
-from .levels import check_level, lerp, log_lerp
+from .levels import check_level, lerp
 from .lowlight import INPUT_FLOOR, draw_low_light
 from .mosaic import HARSH_METHODS, bayer_mask
 from .motion_blur import draw_motion_kernel
 from .noise import LUMA, NOISE_MODELS, POISSON_LEVELS
 from .registry import resolve
-from .rng import SeedLike, make_rng, seed_entropy, uniform
+from .rng import SeedLike, make_rng, seed_entropy
 
 # Appended to a sample's seed to get the independent stream that seeds its torch.Generator.
 TORCH_NOISE_STREAM = 0x70C4
@@ -213,30 +214,26 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 def _haze(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges: Mapping[str, Any]):
     """I = J·t + A·(1 − t) with the CPU type's plausible depth (ramp + smooth field + coarse luminance).
 
-    Same draws as ``haze.haze``; the coarse random field and the coarse luminance are resampled by torch
-    (bicubic, area) rather than OpenCV, so the depth differs from the CPU one by interpolation details only.
+    Same draws as ``haze.haze`` (``draw_depth_cues``, ``draw_airlight_beta``); the coarse random field and
+    the coarse luminance are resampled by torch (bicubic, area) rather than OpenCV, so the depth differs
+    from the CPU one by interpolation details only.
     """
     n, _, h, w = images.shape
     dev = images.device
     weights, d_mins, fields, airlights, betas, params = [], [], [], [], [], []
     for (rng, _), level in zip(draws, levels):
-        wts = np.array([uniform(rng, ranges[k]) for k in ("ramp_weight", "field_weight", "luminance_weight")])
+        cues = draw_depth_cues(rng, ranges, (h, w))  # the CPU type's own draws, in its order
+        airlight, beta = draw_airlight_beta(rng, level, ranges)
+        wts = np.array(cues["weights"])
         wts /= max(float(wts.sum()), 1e-6)
-        cells = int(rng.integers(3, 7))
-        d_min = uniform(rng, ranges["depth_min"])
-        coarse = torch.from_numpy(rng.random(coarse_shape((h, w), cells), dtype=np.float32)).to(dev)
+        coarse = torch.from_numpy(cues["coarse"]).to(dev)
         fields.append(_normalise(_upsample_bicubic(coarse[None, None], h, w)))
-        brightness = uniform(rng, ranges["airlight"])
-        tint = float(ranges["airlight_tint"])
-        airlight = np.clip(brightness + rng.uniform(-tint, tint, size=3), 0.0, 1.0).astype(np.float32)
-        jitter = float(ranges["beta_jitter"])
-        beta = log_lerp(ranges["beta"], level) * (1.0 + float(rng.uniform(-jitter, jitter)))
         weights.append(wts)
-        d_mins.append(d_min)
+        d_mins.append(cues["depth_min"])
         airlights.append(airlight)
         betas.append(beta)
-        params.append({"beta": beta, "airlight": [float(v) for v in airlight], "depth_cells": cells,
-                       "depth_min": d_min, "depth_weights": [round(float(v), 4) for v in wts]})
+        params.append({"beta": beta, "airlight": [float(v) for v in airlight], "depth_cells": cues["cells"],
+                       "depth_min": cues["depth_min"], "depth_weights": [round(float(v), 4) for v in wts]})
     luma_cells = 12
     gh, gw = coarse_shape((h, w), luma_cells)
     luma = _upsample_bicubic(F.interpolate(_luma(images), size=(gh, gw), mode="area"), h, w).clamp(0.0, 1.0)
