@@ -33,11 +33,11 @@ from .fields import coarse_shape
 from .gaussian_blur import random_kernel
 from .haze import draw_airlight_beta, draw_depth_cues
 from .kernels import disk_kernel
-from .levels import check_level, lerp
+from .levels import check_level
 from .lowlight import INPUT_FLOOR, draw_low_light
-from .mosaic import HARSH_METHODS, bayer_mask
+from .mosaic import bayer_mask, draw_mosaic
 from .motion_blur import draw_motion_kernel
-from .noise import LUMA, NOISE_MODELS, POISSON_LEVELS
+from .noise import LUMA, POISSON_LEVELS, draw_noise
 from .registry import resolve
 from .rng import SeedLike, make_rng, seed_entropy
 
@@ -104,34 +104,21 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
 def _noise(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges: Mapping[str, Any]):
     """Gaussian (colour/gray), Poisson (colour/gray) or salt-and-pepper: the CPU type's draws and ranges."""
     n, c, h, w = images.shape
-    probs = np.asarray(ranges["model_probs"], dtype=np.float64)
-    if probs.shape != (len(NOISE_MODELS),) or (probs < 0).any() or probs.sum() <= 0:
-        raise ValueError(f"noise: model_probs must be {len(NOISE_MODELS)} non-negative weights for {NOISE_MODELS}")
     delta = torch.empty_like(images)
     salt_pepper: list[tuple[int, float]] = []
-    params = []
-    for i, ((rng, gen), level) in enumerate(zip(draws, levels)):
-        model = NOISE_MODELS[int(rng.choice(len(probs), p=probs / probs.sum()))]
-        gray = bool(rng.random() < float(ranges["gray_prob"]))
-        p: dict[str, Any] = {"model": model}
-        if model == "gaussian":
-            sigma = lerp(ranges["sigma"], level)
-            z = torch.randn((1 if gray else c, h, w), generator=gen, device=images.device)
-            delta[i] = z * (sigma / 255.0)
-            p.update(sigma=sigma, gray=gray)
-        elif model == "poisson":
-            scale = lerp(ranges["poisson_scale"], level)
+    params = [draw_noise(rng, level, ranges) for (rng, _), level in zip(draws, levels)]  # the CPU draws
+    for i, ((_, gen), p) in enumerate(zip(draws, params)):
+        if p["model"] == "gaussian":
+            z = torch.randn((1 if p["gray"] else c, h, w), generator=gen, device=images.device)
+            delta[i] = z * (p["sigma"] / 255.0)
+        elif p["model"] == "poisson":
             clean = images[i : i + 1].clamp(0.0, 1.0)
-            signal = _luma(clean) if gray else clean
+            signal = _luma(clean) if p["gray"] else clean
             counts = torch.poisson(signal * POISSON_LEVELS, generator=gen)
-            delta[i] = ((counts / POISSON_LEVELS - signal) * scale)[0]
-            p.update(scale=scale, gray=gray)
+            delta[i] = ((counts / POISSON_LEVELS - signal) * p["scale"])[0]
         else:
-            amount = lerp(ranges["salt_pepper_amount"], level)
             delta[i] = 0.0
-            salt_pepper.append((i, amount))
-            p.update(amount=amount)
-        params.append(p)
+            salt_pepper.append((i, p["amount"]))
     out = images + delta
     for i, amount in salt_pepper:
         u = torch.rand((h, w), generator=draws[i][1], device=images.device)
@@ -290,10 +277,7 @@ def _mosaic(images: torch.Tensor, levels: list[float], draws: list[Draws], range
     """
     amounts, params = [], []
     for (rng, _), level in zip(draws, levels):
-        harsh_draw = float(rng.random())
-        harsh_pick = HARSH_METHODS[int(rng.integers(len(HARSH_METHODS)))]
-        cpu_method = harsh_pick if harsh_draw < lerp(ranges["harsh_method_prob"], level) else "vng"
-        amount = lerp(ranges["sharpen_amount"], level)
+        cpu_method, amount = draw_mosaic(rng, level, ranges)
         amounts.append(amount)
         params.append({"method": "bilinear", "cpu_method": cpu_method, "sharpen_amount": amount})
     rgb = demosaic_bilinear(images)
