@@ -26,7 +26,3 @@ def smooth_field(coarse: np.ndarray, shape: tuple[int, int], margin: float = 0.0
     lo, hi = float(field.min()), float(field.max())
     return (field - lo) / (max(hi - lo, 1e-6) + margin)
 
-
-def smooth_random_field(shape: tuple[int, int], rng: np.random.Generator, cells: int) -> np.ndarray:
-    """A smooth field in [0, 1] of ``shape`` (H, W) from float32 uniforms on a :func:`coarse_shape` grid."""
-    return smooth_field(rng.random(coarse_shape(shape, cells), dtype=np.float32), shape)

@@ -17,6 +17,7 @@ from degradations.camera import (
     unprocess,
 )
 from degradations.color import srgb_to_linear
+from degradations.fields import coarse_shape, smooth_field
 from degradations.gaussian_blur import GAUSSIAN_RANGES, random_kernel
 from degradations.image import to_uint8
 from degradations.jpeg import SAMPLING_420, SAMPLING_444, jpeg_compress
@@ -325,3 +326,11 @@ def test_overridden_ranges_are_read(photo):
     assert noisy.params == {"model": "salt_pepper", "amount": 0.1}
     quiet = degrade(photo, "downsample_noise_blur_jpeg", 1.0, seed=0, jpeg_quality=[95, 95])
     assert quiet.params["jpeg1"]["quality"] == 95 and quiet.params["jpeg2"]["quality"] == 95
+
+
+def test_smooth_field_spans_the_unit_range_and_keeps_the_aspect():
+    assert coarse_shape((100, 50), 4) == (4, 2) and coarse_shape((30, 300), 4) == (2, 4)
+    coarse = make_rng(0).random((3, 5), dtype=np.float32)
+    field = smooth_field(coarse, (40, 64))
+    assert field.shape == (40, 64) and field.min() == 0.0 and field.max() == pytest.approx(1.0)
+    assert smooth_field(coarse, (40, 64), margin=1e-3).max() < 1.0
