@@ -7,11 +7,15 @@ The default clock is the CPU time of the benchmarking thread (``time.thread_time
 with other processes, wall time mostly measures waiting for a core, while CPU time stays close to what the
 code costs on an idle core (cache and memory-bandwidth contention still inflate it, so figures remain upper
 bounds). ``--clock wall`` measures wall time instead.
+
+``--torch`` times the batched torch path instead (``torch_ops.degrade_batch``, ms per sample per type,
+``--batch`` samples on ``--device``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -19,9 +23,9 @@ import time
 
 import numpy as np
 
+from .photos import sample_photos
 from .registry import TYPE_NAMES, all_types
-from .sampling import make_rng
-from .samples import sample_photos
+from .rng import make_rng
 
 
 def _pin_to_one_core() -> None:
@@ -103,6 +107,41 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def benchmark_batch(size: int = 128, batch: int = 64, device: str = "cpu", repeats: int = 3) -> dict[str, float]:
+    """Time ms/sample of each torch type on a random-smooth batch (B, 3, size, size); prints a table.
+
+    The best of ``repeats`` runs after one warm-up, with a device synchronise around each run.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .torch_ops import TORCH_TYPES, degrade_batch
+
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    base = torch.rand((batch, 3, size // 8, size // 8), generator=gen)
+    images = F.interpolate(base, size=(size, size), mode="bilinear", align_corners=False).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    results = {}
+    for name in TORCH_TYPES:
+        best = math.inf
+        for r in range(repeats + 1):
+            seeds = [(r, i) for i in range(batch)]
+            levels = [(i % 11) / 10 for i in range(batch)]
+            sync()
+            start = time.perf_counter()
+            degrade_batch(images, [name] * batch, levels, seeds)
+            sync()
+            if r:  # r = 0 is the warm-up
+                best = min(best, time.perf_counter() - start)
+        results[name] = 1000.0 * best / batch
+    print(f"torch path, {batch}×3×{size}×{size} on {dev}, {torch.get_num_threads()} threads")
+    print(f"{'type':<16}{'ms/sample':>10}")
+    for name, ms in results.items():
+        print(f"{name:<16}{ms:>10.3f}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/benchmark.py degradations", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128, help="square crop side in px (default 128)")
@@ -110,14 +149,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu", help="cpu (thread CPU time, default) or wall")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--torch", action="store_true", help="time the batched torch path instead")
+    parser.add_argument("--batch", type=int, default=64, help="--torch: samples per batch (default 64)")
+    parser.add_argument("--device", default="cpu", help="--torch: device, e.g. cuda (default cpu)")
     args = parser.parse_args(argv)
     if args.size < 32:
         parser.error(f"--size must be at least 32, got {args.size}")
     if args.runs < 1:
         parser.error(f"--runs must be at least 1, got {args.runs}")
-    _pin_to_one_core()
-    result = measure(args.size, args.runs, args.seed, args.clock)
-    print(format_table(result))
+    if args.torch:
+        result = benchmark_batch(args.size, args.batch, args.device)  # prints its own table
+    else:
+        _pin_to_one_core()
+        result = measure(args.size, args.runs, args.seed, args.clock)
+        print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -15,9 +15,12 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from .color import linear_to_srgb, srgb_to_linear
+from .levels import lerp
+from .mosaic import bayer_rggb, demosaic
 from .noise import add_heteroscedastic_noise
 from .registry import register
-from .sampling import lerp, uniform
+from .rng import uniform
 
 # XYZ → camera-RGB colour matrices of four real cameras (the set Brooks et al. mix; they are the
 # ColorMatrix entries of the cameras' DNG profiles, as in the Darmstadt Noise Dataset).
@@ -33,10 +36,8 @@ XYZ_TO_CAMS = np.array(
 RGB_TO_XYZ = np.array(
     [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
 )
-GAMMA = 2.2
 # Highlights above this gray level keep (part of) their brightness in safe gain inversion.
 HIGHLIGHT_THRESHOLD = 0.9
-EPS = 1e-8
 
 
 @dataclass
@@ -77,31 +78,6 @@ def _gains(meta: CameraMeta) -> np.ndarray:
     return np.array([meta.red_gain, 1.0, meta.blue_gain], dtype=np.float32) * np.float32(meta.rgb_gain)
 
 
-def srgb_to_linear(image: np.ndarray) -> np.ndarray:
-    """sRGB in [0, 1] → linear light: inverse smoothstep tone curve (of 3x² − 2x³), then x^2.2. float32."""
-    t = np.clip(image, 0.0, 1.0).astype(np.float32)
-    t *= np.float32(-2.0)
-    t += np.float32(1.0)
-    np.arcsin(t, out=t)
-    t *= np.float32(1.0 / 3.0)
-    np.sin(t, out=t)
-    np.subtract(np.float32(0.5), t, out=t)
-    np.maximum(t, np.float32(EPS), out=t)
-    return cv2.pow(t, GAMMA)  # OpenCV's vectorised pow: ~5x numpy's, same result to 2e-7
-
-
-def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
-    """Linear light → sRGB in [0, 1]: clip, x^(1/2.2), then the smoothstep tone curve. float32."""
-    x = np.clip(linear, np.float32(EPS), np.float32(1.0)).astype(np.float32)
-    x = cv2.pow(x, 1.0 / GAMMA)
-    # smoothstep: x²(3 − 2x)
-    y = x * np.float32(-2.0)
-    y += np.float32(3.0)
-    y *= x
-    y *= x
-    return y
-
-
 def unprocess(image: np.ndarray, meta: CameraMeta) -> np.ndarray:
     """sRGB (H, W, 3) in [0, 1] → linear camera RGB before white balance (H, W, 3) in [0, 1]."""
     x = _apply_matrix(srgb_to_linear(image), meta.rgb2cam)
@@ -122,26 +98,6 @@ def process(raw: np.ndarray, meta: CameraMeta) -> np.ndarray:
     """Linear camera RGB (H, W, 3) → sRGB (H, W, 3) in [0, 1]: white balance, CCM, gamma, tone curve."""
     x = np.clip(raw * _gains(meta), 0.0, 1.0)
     return linear_to_srgb(_apply_matrix(x, meta.cam2rgb))
-
-
-def mosaic_rggb(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) → (H, W) RGGB Bayer plane: R at (even, even), G at (even, odd) and (odd, even), B at (odd, odd)."""
-    bayer = image[..., 1].copy()
-    bayer[0::2, 0::2] = image[0::2, 0::2, 0]
-    bayer[1::2, 1::2] = image[1::2, 1::2, 2]
-    return bayer
-
-
-def demosaic_bilinear(bayer: np.ndarray) -> np.ndarray:
-    """RGGB (H, W) in [0, 1] → (H, W, 3) by OpenCV bilinear demosaicking on 16 bits.
-
-    Padding by 2 px with reflect-101 keeps the CFA phase (a mirror about a pixel maps even to even)
-    and gives OpenCV's border rows real neighbours; the pad is cropped off.
-    """
-    padded = cv2.copyMakeBorder(bayer, 2, 2, 2, 2, cv2.BORDER_REFLECT_101)
-    q = (np.clip(padded, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
-    rgb = cv2.cvtColor(q, cv2.COLOR_BayerRGGB2RGB)[2:-2, 2:-2]
-    return rgb.astype(np.float32) * np.float32(1.0 / 65535.0)
 
 
 DEFAULT_RANGES = {
@@ -168,8 +124,8 @@ def camera_noise(image: np.ndarray, level: float, rng: np.random.Generator, rang
         + float(rng.normal(0.0, float(ranges["read_noise_std"])))
     )
     shot, read = math.exp(log_shot), math.exp(log_read)
-    bayer = mosaic_rggb(unprocess(image, meta))
+    bayer = bayer_rggb(unprocess(image, meta))
     noisy = add_heteroscedastic_noise(bayer, shot, read, rng)
-    out = process(demosaic_bilinear(noisy), meta)
+    out = process(demosaic(noisy, "bilinear"), meta)
     params = {"shot_noise": shot, "read_noise": read, **asdict(meta)}
     return out, params

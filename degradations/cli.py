@@ -20,10 +20,10 @@ import numpy as np
 
 from .config import EngineConfig
 from .engine import DegradationEngine
-from .image import to_uint8
+from .image import read_rgb, to_uint8, write_png
+from .photos import sample_photos
 from .registry import TYPE_TABLE, resolve
-from .samples import read_rgb, sample_photos
-from .sheet import Tile, contact_sheet, write_png
+from .sheet import Tile, contact_sheet
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -7,9 +7,10 @@ from typing import Any
 import numpy as np
 
 from .config import EngineConfig
-from .image import as_float_image, check_level
+from .image import as_float_image
+from .levels import check_level
 from .registry import resolve
-from .sampling import SeedLike, make_rng
+from .rng import SeedLike, make_rng
 
 
 @dataclass

@@ -12,8 +12,10 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from .fields import coarse_shape, smooth_field
+from .levels import log_lerp
 from .registry import register
-from .sampling import log_lerp, uniform
+from .rng import uniform
 
 HAZE_RANGES: dict[str, Any] = {
     # β at level 0 and at level 1 (geometric map), the farthest point has t = exp(−β).
@@ -33,24 +35,24 @@ HAZE_RANGES: dict[str, Any] = {
 }
 
 
-def smooth_random_field(shape: tuple[int, int], rng: np.random.Generator, cells: int) -> np.ndarray:
-    """A smooth field in [0, 1] of ``shape`` (H, W): random values on a coarse grid, bicubic-upsampled."""
-    h, w = shape
-    gh = max(2, round(cells * h / max(h, w)))
-    gw = max(2, round(cells * w / max(h, w)))
-    coarse = rng.random((gh, gw), dtype=np.float32)
-    field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-    lo, hi = float(field.min()), float(field.max())
-    return (field - lo) / max(hi - lo, 1e-6)
-
-
 def low_frequency_luminance(image: np.ndarray, cells: int = 12) -> np.ndarray:
     """The image's luminance (H, W) in [0, 1] with only its coarse structure kept."""
     h, w = image.shape[:2]
     luma = image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    gh, gw = max(2, round(cells * h / max(h, w))), max(2, round(cells * w / max(h, w)))
+    gh, gw = coarse_shape((h, w), cells)
     small = cv2.resize(luma, (gw, gh), interpolation=cv2.INTER_AREA)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC).clip(0.0, 1.0)
+
+
+def draw_depth_cues(rng: np.random.Generator, ranges: Mapping[str, Any], shape: tuple[int, int]) -> dict[str, Any]:
+    """The random part of one plausible depth (shared with the torch path), in draw order: the three
+    cue weights as drawn (ramp, field, luminance; not yet normalised), the field's grid size
+    ``cells``, the nearest depth ``depth_min`` and the field's coarse values (float32, :func:`coarse_shape`)."""
+    weights = [uniform(rng, ranges[key]) for key in ("ramp_weight", "field_weight", "luminance_weight")]
+    cells = int(rng.integers(3, 7))
+    d_min = uniform(rng, ranges["depth_min"])
+    coarse = rng.random(coarse_shape(shape, cells), dtype=np.float32)
+    return {"weights": weights, "cells": cells, "depth_min": d_min, "coarse": coarse}
 
 
 def plausible_depth(
@@ -58,22 +60,29 @@ def plausible_depth(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Relative depth (H, W) in [depth_min, 1], far at the top, and the weights that made it."""
     h, w = image.shape[:2]
-    weights = np.array(
-        [uniform(rng, ranges["ramp_weight"]), uniform(rng, ranges["field_weight"]),
-         uniform(rng, ranges["luminance_weight"])],
-        dtype=np.float32,
-    )
+    cues = draw_depth_cues(rng, ranges, (h, w))
+    weights = np.array(cues["weights"], dtype=np.float32)
     weights /= max(float(weights.sum()), 1e-6)
-    cells = int(rng.integers(3, 7))
-    d_min = uniform(rng, ranges["depth_min"])
+    cells, d_min = cues["cells"], cues["depth_min"]
     ramp = np.linspace(1.0, 0.0, h, dtype=np.float32)[:, None]
-    field = smooth_random_field((h, w), rng, cells)
+    field = smooth_field(cues["coarse"], (h, w))
     luma = low_frequency_luminance(image)
     depth = weights[0] * ramp + weights[1] * field + weights[2] * luma
     lo, hi = float(depth.min()), float(depth.max())
     depth = d_min + (1.0 - d_min) * (depth - lo) / max(hi - lo, 1e-6)
     info = {"depth_weights": [round(float(v), 4) for v in weights], "depth_cells": cells, "depth_min": d_min}
     return depth.astype(np.float32), info
+
+
+def draw_airlight_beta(rng: np.random.Generator, level: float, ranges: Mapping[str, Any]) -> tuple[np.ndarray, float]:
+    """The airlight A (3,) float32, slightly tinted, and the jittered optical thickness β at ``level``
+    (shared with the torch path); drawn after the depth cues."""
+    brightness = uniform(rng, ranges["airlight"])
+    tint = float(ranges["airlight_tint"])
+    airlight = np.clip(brightness + rng.uniform(-tint, tint, size=3), 0.0, 1.0).astype(np.float32)
+    jitter = float(ranges["beta_jitter"])
+    beta = log_lerp(ranges["beta"], level) * (1.0 + float(rng.uniform(-jitter, jitter)))
+    return airlight, beta
 
 
 def transmission(depth: np.ndarray, beta: float) -> np.ndarray:
@@ -93,11 +102,7 @@ def haze(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapp
     # Draw every random quantity first, independent of the level, so one seed at rising levels
     # gives the same scene with thicker haze.
     depth, depth_info = plausible_depth(image, rng, ranges)
-    brightness = uniform(rng, ranges["airlight"])
-    tint = float(ranges["airlight_tint"])
-    airlight = np.clip(brightness + rng.uniform(-tint, tint, size=3), 0.0, 1.0).astype(np.float32)
-    jitter = float(ranges["beta_jitter"])
-    beta = log_lerp(ranges["beta"], level) * (1.0 + float(rng.uniform(-jitter, jitter)))
+    airlight, beta = draw_airlight_beta(rng, level, ranges)
     t = transmission(depth, beta)
     out = scatter(image, t, airlight)
     params = {

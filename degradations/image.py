@@ -1,9 +1,15 @@
-"""Input checking and conversion shared by every degradation."""
+"""Image arrays and files: the input checks and conversions every degradation shares, and the one
+reader and writer of image files (uint8 RGB)."""
 from __future__ import annotations
 
+import math
+
+import cv2
 import numpy as np
 
 MIN_SIZE = 32
+# The literature's pixel ranges (streak length, drop radius, flake size) are for crops of about 256².
+REFERENCE_SIZE = 256.0
 
 
 def as_float_image(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -32,13 +38,26 @@ def as_float_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out) if (lo < 0 or hi > 1) else out
 
 
+def pixel_scale(shape: tuple[int, ...]) -> float:
+    """√(H·W) / REFERENCE_SIZE for ``shape`` (H, W, …): lengths given at 256² are multiplied by this."""
+    return math.sqrt(shape[0] * shape[1]) / REFERENCE_SIZE
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Float [0, 1] → uint8 with rounding (the convention of OpenCV and BasicSR)."""
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def check_level(level: float) -> float:
-    level = float(level)
-    if not np.isfinite(level) or not 0.0 <= level <= 1.0:
-        raise ValueError(f"level must lie in [0, 1], got {level}")
-    return level
+
+def read_rgb(path: str) -> np.ndarray | None:
+    """An image file as H×W×3 uint8 RGB (gray and alpha are converted), or None if OpenCV cannot read it."""
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        return None
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def write_png(path: str, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 image as PNG; ValueError naming the path if OpenCV cannot."""
+    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise ValueError(f"cannot write image {path!r}")

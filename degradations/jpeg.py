@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 
 from .image import to_uint8
+from .levels import lerp
 from .registry import register
-from .sampling import lerp
 
 # libjpeg chroma subsampling codes understood by IMWRITE_JPEG_SAMPLING_FACTOR.
 SAMPLING_420 = 0x221111

@@ -7,15 +7,15 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from .color import DISPLAY_GAMMA, linear_to_display
+from .levels import lerp
 from .noise import add_heteroscedastic_noise
 from .registry import register
-from .sampling import lerp, uniform
+from .rng import uniform
 
-DISPLAY_GAMMA = 2.2  # sRGB ↔ linear light, the usual power-law approximation
-# Floors that keep OpenCV's pow on normal floats: exact zeros and denormal results take a slow path
-# (10x). Both are far below one 8-bit step once displayed.
-INPUT_FLOOR = 1e-3  # (1e-3)^(2.2·5) = 1e-33 is still a normal float32
-LINEAR_FLOOR = 1e-10  # displays as 3e-5
+# Floor that keeps OpenCV's pow on normal floats: exact zeros and denormal results take a slow path
+# (10x). (1e-3)^(2.2·5) = 1e-33 is still a normal float32, far below one 8-bit step once displayed.
+INPUT_FLOOR = 1e-3
 
 
 def darken(image: np.ndarray, alpha: float, beta: float, gamma: float) -> np.ndarray:
@@ -33,12 +33,6 @@ def darken_linear(image: np.ndarray, alpha: float, beta: float, gamma: float) ->
     out = cv2.pow(np.clip(image, INPUT_FLOOR, 1.0).astype(np.float32, copy=False), gamma * DISPLAY_GAMMA)
     out *= scale
     return out
-
-
-def linear_to_display(linear: np.ndarray) -> np.ndarray:
-    """Linear light → display values in [0, 1] (clipped, power 1/2.2). float32."""
-    out = np.clip(linear, LINEAR_FLOOR, 1.0).astype(np.float32, copy=False)
-    return cv2.pow(out, 1.0 / DISPLAY_GAMMA)
 
 
 DEFAULT_RANGES = {

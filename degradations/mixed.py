@@ -1,15 +1,20 @@
-"""Mixed types (ids 14–17): compositions of single types, looked up through the registry.
+"""Mixed types (ids 9, 14–17): compositions of single types.
 
-Each component runs with its single type's default ranges (``dict(resolve(name).ranges)``; the few
-exceptions are named in the mixed type's own ranges) and its own random stream, seeded from the
-mixed type's generator before anything else is drawn: a component's draws do not depend on how many
-values an earlier component consumed, so one seed at rising levels changes only the severity.
+Ids 14–17 look their components up through the registry. Each component runs with its single type's
+default ranges (``dict(resolve(name).ranges)``; the few exceptions are named in the mixed type's own
+ranges) and its own random stream, seeded from the mixed type's generator before anything else is
+drawn: a component's draws do not depend on how many values an earlier component consumed, so one
+seed at rising levels changes only the severity.
 
 Component level: the mixed level bent by a per-component exponent, ``level ** exp(u)`` with
 u ~ U(−level_jitter, level_jitter). Components of one sample are then not all equally severe, yet
 each component level is still monotone in the mixed level and 0 → 0, 1 → 1.
 
 params: {"components": [{"type", "level", "params"}, ...]} in the order applied, plus the choices.
+
+Id 9 (rain streaks then raindrops, RainDS) is simpler: both components at the mixed level, drawing
+from the mixed type's generator in turn; its ranges hold both components' ranges,
+``{"streaks": {...}, "drops": {...}}``, and its params are ``{"streaks": ..., "drops": ...}``.
 Id 18 (the Real-ESRGAN pipeline) lives in ``realesrgan.py``.
 """
 from __future__ import annotations
@@ -17,11 +22,13 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Mapping
 
-import cv2
 import numpy as np
 
+from .color import display_to_linear, linear_to_display
+from .rain_streaks import STREAK_RANGES, rain_streaks
+from .raindrops import DROP_RANGES, raindrops
 from .registry import register, resolve
-from .sampling import make_rng
+from .rng import make_rng
 
 # CDD-11 (Guo et al., OneRestore): low light, haze, rain, snow and their allowed combinations.
 CDD11_COMBINATIONS: tuple[str, ...] = ("l", "h", "r", "s", "l+h", "l+r", "l+s", "h+r", "h+s", "l+h+r", "l+h+s")
@@ -67,17 +74,18 @@ class _Composer:
         return out
 
 
-# display ↔ linear light by the power 2.2 (cv2.pow: 4× faster than np.power on float32)
-def _to_linear(image: np.ndarray) -> np.ndarray:
-    return cv2.pow(image, 2.2)
+LINEAR_LIGHT = (display_to_linear, linear_to_display)  # a component run in linear light
 
 
-def _to_display(linear: np.ndarray) -> np.ndarray:
-    # floored above 0: OpenCV's pow is ~10x slower on exact zeros and denormals
-    return cv2.pow(np.clip(linear, 1e-10, 1.0), 1.0 / 2.2)
-
-
-LINEAR_LIGHT = (_to_linear, _to_display)
+@register("rain_streaks_raindrops", ranges={"streaks": STREAK_RANGES, "drops": DROP_RANGES})
+def rain_streaks_raindrops(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapping[str, Any]):
+    """Rain streaks, then raindrops on the glass in front of them (RainDS). Both at ``level``."""
+    # overrides name only the keys they change: {"streaks": {"density": [...]}}
+    streak_ranges = {**STREAK_RANGES, **dict(ranges.get("streaks", {}))}
+    drop_ranges = {**DROP_RANGES, **dict(ranges.get("drops", {}))}
+    streaked, streak_params = rain_streaks(image, level, rng, streak_ranges)
+    out, drop_params = raindrops(streaked, level, rng, drop_ranges)
+    return out, {"streaks": streak_params, "drops": drop_params}
 
 
 @register("blur_jpeg", ranges={"level_jitter": LEVEL_JITTER})

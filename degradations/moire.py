@@ -27,8 +27,9 @@ import cv2
 import numpy as np
 
 from .jpeg import jpeg_roundtrip_uint8
+from .levels import lerp
 from .registry import register
-from .sampling import lerp, uniform
+from .rng import uniform
 
 TILE = 12  # texels per display pixel: 4 per sub-pixel stripe
 OVERSAMPLING = 2  # camera pixels per output pixel: the ISP downsizes the capture, as in the data sets

@@ -16,8 +16,8 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from .levels import lerp
 from .registry import register
-from .sampling import lerp
 
 # method → (OpenCV code, bit depth it supports best). VNG exists only for 8-bit input.
 DEMOSAIC_CODES = {
@@ -77,11 +77,17 @@ DEFAULT_RANGES = {
 }
 
 
-@register("mosaic", ranges=DEFAULT_RANGES)
-def mosaic(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapping[str, Any]):
+def draw_mosaic(rng: np.random.Generator, level: float, ranges: Mapping[str, Any]) -> tuple[str, float]:
+    """One sample's demosaicking method and unsharp amount (the torch path draws them too, to keep
+    its parameter stream aligned, and records the method as ``cpu_method``)."""
     harsh_draw = float(rng.random())
     harsh_pick = HARSH_METHODS[int(rng.integers(len(HARSH_METHODS)))]
     method = harsh_pick if harsh_draw < lerp(ranges["harsh_method_prob"], level) else "vng"
-    amount = lerp(ranges["sharpen_amount"], level)
+    return method, lerp(ranges["sharpen_amount"], level)
+
+
+@register("mosaic", ranges=DEFAULT_RANGES)
+def mosaic(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapping[str, Any]):
+    method, amount = draw_mosaic(rng, level, ranges)
     out = unsharp(demosaic(bayer_rggb(image), method), amount)
     return out, {"method": method, "sharpen_amount": amount}

@@ -10,8 +10,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .levels import lerp
 from .registry import register
-from .sampling import lerp
 
 # Real-ESRGAN counts photons on an 8-bit grid: the number of distinct values rounded up to a power of two.
 # Images here come from uint8, so that count is 256; fixing it avoids a costly ``np.unique`` per sample.
@@ -107,6 +107,21 @@ def _choose(rng: np.random.Generator, probs) -> int:
     return int(rng.choice(len(p), p=p / p.sum()))
 
 
+def draw_noise(rng: np.random.Generator, level: float, ranges: Mapping[str, Any]) -> dict[str, Any]:
+    """One sample's noise model and strength, the type's params (shared with the torch path):
+    {"model", "sigma", "gray"}, {"model", "scale", "gray"} or {"model", "amount"}."""
+    model = NOISE_MODELS[_choose(rng, ranges["model_probs"])]
+    gray = bool(rng.random() < float(ranges["gray_prob"]))
+    params: dict[str, Any] = {"model": model}
+    if model == "gaussian":
+        params.update(sigma=lerp(ranges["sigma"], level), gray=gray)
+    elif model == "poisson":
+        params.update(scale=lerp(ranges["poisson_scale"], level), gray=gray)
+    else:
+        params.update(amount=lerp(ranges["salt_pepper_amount"], level))
+    return params
+
+
 @register("noise", ranges=DEFAULT_RANGES)
 def noise(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapping[str, Any]):
     """The model is drawn at random; its strength rises linearly with ``level``.
@@ -114,19 +129,11 @@ def noise(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Map
     Draws happen in a fixed order independent of ``level``, so with one seed the same model and
     noise pattern are only scaled up as the level rises (severity is monotone per seed).
     """
-    model = NOISE_MODELS[_choose(rng, ranges["model_probs"])]
-    gray = bool(rng.random() < float(ranges["gray_prob"]))
-    params: dict[str, Any] = {"model": model}
-    if model == "gaussian":
-        sigma = lerp(ranges["sigma"], level)
-        out = add_gaussian_noise(image, sigma / 255.0, gray, rng)
-        params.update(sigma=sigma, gray=gray)
-    elif model == "poisson":
-        scale = lerp(ranges["poisson_scale"], level)
-        out = add_poisson_noise(image, scale, gray, rng)
-        params.update(scale=scale, gray=gray)
+    params = draw_noise(rng, level, ranges)
+    if params["model"] == "gaussian":
+        out = add_gaussian_noise(image, params["sigma"] / 255.0, params["gray"], rng)
+    elif params["model"] == "poisson":
+        out = add_poisson_noise(image, params["scale"], params["gray"], rng)
     else:
-        amount = lerp(ranges["salt_pepper_amount"], level)
-        out = add_salt_pepper(image, amount, rng)
-        params.update(amount=amount)
+        out = add_salt_pepper(image, params["amount"], rng)
     return np.clip(out, 0.0, 1.0), params

@@ -18,11 +18,12 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
-from .blur import GAUSSIAN_RANGES, apply_kernel, random_kernel, sinc_kernel
+from .gaussian_blur import GAUSSIAN_RANGES, random_kernel
 from .jpeg import jpeg_compress
+from .kernels import apply_kernel, sinc_kernel
+from .levels import lerp
 from .noise import add_gaussian_noise, add_poisson_noise
 from .registry import register
-from .sampling import lerp
 
 INTERPOLATIONS = {"area": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}
 # Intermediate images never go below this side, so that a 21-px kernel's reflect border still fits.

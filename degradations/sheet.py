@@ -58,9 +58,3 @@ def contact_sheet(grid: list[list[Tile]], side: int = 192) -> np.ndarray:
         # a thin rule between rows keeps the captions attached to their own row
         sheet[top, :] = 180
     return sheet
-
-
-def write_png(path: str, rgb: np.ndarray) -> None:
-    """Write an RGB uint8 image as PNG; ValueError naming the path if OpenCV cannot."""
-    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise ValueError(f"cannot write image {path!r}")

@@ -13,10 +13,10 @@ from typing import Any, Mapping
 import cv2
 import numpy as np
 
+from .image import pixel_scale
+from .levels import lerp
 from .registry import register
-from .sampling import lerp, uniform
-
-REFERENCE_SIZE = 256.0
+from .rng import uniform
 
 # (name, downscale of the render grid at 256², density at level 0, density at level 1)
 FLAKE_LAYERS: tuple[tuple[str, int, float, float], ...] = (
@@ -71,7 +71,7 @@ def snow_mask(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The flake alpha M (H, W) in [0, 1] at ``level``, and its parameters."""
     h, w = shape
-    scale = math.sqrt(h * w) / REFERENCE_SIZE
+    scale = pixel_scale(shape)
     density_scale = uniform(rng, ranges["density_scale"])
     angle = uniform(rng, ranges["fall_angle"])
     mask = np.zeros((h, w), dtype=np.float32)

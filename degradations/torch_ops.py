@@ -20,8 +20,6 @@ This is the only module of ``degradations`` that imports torch.
 from __future__ import annotations
 
 import copy
-import math
-import time
 from typing import Any, Callable, Mapping, Sequence
 
 import cv2
@@ -29,13 +27,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .blur import disk_kernel, draw_defocus, draw_motion_kernel, random_kernel
-from .image import check_level
-from .lowlight import DISPLAY_GAMMA, INPUT_FLOOR, LINEAR_FLOOR, draw_low_light
-from .mosaic import HARSH_METHODS
-from .noise import LUMA, NOISE_MODELS, POISSON_LEVELS
+from .color import DISPLAY_GAMMA, linear_to_display
+from .defocus_blur import draw_defocus
+from .fields import coarse_shape
+from .gaussian_blur import random_kernel
+from .haze import draw_airlight_beta, draw_depth_cues
+from .kernels import disk_kernel
+from .levels import check_level
+from .lowlight import INPUT_FLOOR, draw_low_light
+from .mosaic import bayer_mask, draw_mosaic
+from .motion_blur import draw_motion_kernel
+from .noise import LUMA, POISSON_LEVELS, draw_noise
 from .registry import resolve
-from .sampling import SeedLike, lerp, log_lerp, make_rng, uniform
+from .rng import SeedLike, make_rng, seed_entropy
 
 # Appended to a sample's seed to get the independent stream that seeds its torch.Generator.
 TORCH_NOISE_STREAM = 0x70C4
@@ -46,16 +50,9 @@ GroupFn = Callable[[torch.Tensor, list[float], list[Draws], Mapping[str, Any]], 
 
 
 # ----------------------------------------------------------------------------- helpers
-def _seed_entropy(seed: SeedLike) -> list[int]:
-    entropy = [int(seed)] if np.isscalar(seed) else [int(s) for s in seed]
-    if any(s < 0 for s in entropy):
-        raise ValueError(f"seed entries must be non-negative integers, got {entropy}")
-    return entropy
-
-
 def sample_draws(seed: SeedLike, device: torch.device) -> Draws:
     """The parameter generator (identical to the CPU path's) and the pixel-noise torch.Generator of one seed."""
-    entropy = _seed_entropy(seed)
+    entropy = seed_entropy(seed)
     torch_seed = int(make_rng([*entropy, TORCH_NOISE_STREAM]).integers(0, 2**63 - 1))
     gen = torch.Generator(device=device)
     gen.manual_seed(torch_seed)
@@ -65,7 +62,7 @@ def sample_draws(seed: SeedLike, device: torch.device) -> Draws:
 def conv_per_sample(images: torch.Tensor, kernels: Sequence[np.ndarray]) -> torch.Tensor:
     """Convolve sample i of images (n, 3, H, W) with kernels[i] (odd square), reflect-101 border.
 
-    A true convolution (kernel flipped; conv2d correlates), equal to ``blur.apply_kernel``. Samples with
+    A true convolution (kernel flipped; conv2d correlates), equal to ``kernels.apply_kernel``. Samples with
     equal kernel sizes share one grouped conv2d (one group per channel of each sample); no kernel is
     zero-padded, so a sample's result does not depend on the sizes of the others.
     """
@@ -107,34 +104,21 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
 def _noise(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges: Mapping[str, Any]):
     """Gaussian (colour/gray), Poisson (colour/gray) or salt-and-pepper: the CPU type's draws and ranges."""
     n, c, h, w = images.shape
-    probs = np.asarray(ranges["model_probs"], dtype=np.float64)
-    if probs.shape != (len(NOISE_MODELS),) or (probs < 0).any() or probs.sum() <= 0:
-        raise ValueError(f"noise: model_probs must be {len(NOISE_MODELS)} non-negative weights for {NOISE_MODELS}")
     delta = torch.empty_like(images)
     salt_pepper: list[tuple[int, float]] = []
-    params = []
-    for i, ((rng, gen), level) in enumerate(zip(draws, levels)):
-        model = NOISE_MODELS[int(rng.choice(len(probs), p=probs / probs.sum()))]
-        gray = bool(rng.random() < float(ranges["gray_prob"]))
-        p: dict[str, Any] = {"model": model}
-        if model == "gaussian":
-            sigma = lerp(ranges["sigma"], level)
-            z = torch.randn((1 if gray else c, h, w), generator=gen, device=images.device)
-            delta[i] = z * (sigma / 255.0)
-            p.update(sigma=sigma, gray=gray)
-        elif model == "poisson":
-            scale = lerp(ranges["poisson_scale"], level)
+    params = [draw_noise(rng, level, ranges) for (rng, _), level in zip(draws, levels)]  # the CPU draws
+    for i, ((_, gen), p) in enumerate(zip(draws, params)):
+        if p["model"] == "gaussian":
+            z = torch.randn((1 if p["gray"] else c, h, w), generator=gen, device=images.device)
+            delta[i] = z * (p["sigma"] / 255.0)
+        elif p["model"] == "poisson":
             clean = images[i : i + 1].clamp(0.0, 1.0)
-            signal = _luma(clean) if gray else clean
+            signal = _luma(clean) if p["gray"] else clean
             counts = torch.poisson(signal * POISSON_LEVELS, generator=gen)
-            delta[i] = ((counts / POISSON_LEVELS - signal) * scale)[0]
-            p.update(scale=scale, gray=gray)
+            delta[i] = ((counts / POISSON_LEVELS - signal) * p["scale"])[0]
         else:
-            amount = lerp(ranges["salt_pepper_amount"], level)
             delta[i] = 0.0
-            salt_pepper.append((i, amount))
-            p.update(amount=amount)
-        params.append(p)
+            salt_pepper.append((i, p["amount"]))
     out = images + delta
     for i, amount in salt_pepper:
         u = torch.rand((h, w), generator=draws[i][1], device=images.device)
@@ -144,13 +128,13 @@ def _noise(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges
 
 # ----------------------------------------------------------------------------- blurs (types 2–4)
 def _gaussian_blur(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges: Mapping[str, Any]):
-    """Real-ESRGAN kernels from ``blur.random_kernel`` (the CPU draws), one per sample."""
+    """Real-ESRGAN kernels from ``gaussian_blur.random_kernel`` (the CPU draws), one per sample."""
     kernels, params = zip(*(random_kernel(rng, level, ranges) for (rng, _), level in zip(draws, levels)))
     return conv_per_sample(images, kernels), list(params)
 
 
 def _motion_blur(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges: Mapping[str, Any]):
-    """Shake-trajectory or linear kernels: ``blur.draw_motion_kernel``, the CPU type's own draw."""
+    """Shake-trajectory or linear kernels: ``motion_blur.draw_motion_kernel``, the CPU type's own draw."""
     kernels, params = zip(*(draw_motion_kernel(rng, level, ranges) for (rng, _), level in zip(draws, levels)))
     return conv_per_sample(images, kernels), list(params)
 
@@ -190,11 +174,6 @@ def darken_to_linear(images: torch.Tensor, alpha: torch.Tensor, beta: torch.Tens
     return images.clamp(INPUT_FLOOR, 1.0).pow(g * DISPLAY_GAMMA) * scale
 
 
-def linear_to_display(linear: torch.Tensor) -> torch.Tensor:
-    """Linear light → display values in [0, 1] (clipped, power 1/2.2), as ``lowlight.linear_to_display``."""
-    return linear.clamp(LINEAR_FLOOR, 1.0).pow(1.0 / DISPLAY_GAMMA)
-
-
 def _low_light(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges: Mapping[str, Any]):
     """Darkening in linear light plus Poisson-Gaussian sensor noise N(0, shot·x + read)."""
     params = [draw_low_light(rng, level, ranges) for (rng, _), level in zip(draws, levels)]
@@ -222,33 +201,28 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
 def _haze(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges: Mapping[str, Any]):
     """I = J·t + A·(1 − t) with the CPU type's plausible depth (ramp + smooth field + coarse luminance).
 
-    Same draws as ``haze.haze``; the coarse random field and the coarse luminance are resampled by torch
-    (bicubic, area) rather than OpenCV, so the depth differs from the CPU one by interpolation details only.
+    Same draws as ``haze.haze`` (``draw_depth_cues``, ``draw_airlight_beta``); the coarse random field and
+    the coarse luminance are resampled by torch (bicubic, area) rather than OpenCV, so the depth differs
+    from the CPU one by interpolation details only.
     """
     n, _, h, w = images.shape
     dev = images.device
     weights, d_mins, fields, airlights, betas, params = [], [], [], [], [], []
     for (rng, _), level in zip(draws, levels):
-        wts = np.array([uniform(rng, ranges[k]) for k in ("ramp_weight", "field_weight", "luminance_weight")])
+        cues = draw_depth_cues(rng, ranges, (h, w))  # the CPU type's own draws, in its order
+        airlight, beta = draw_airlight_beta(rng, level, ranges)
+        wts = np.array(cues["weights"])
         wts /= max(float(wts.sum()), 1e-6)
-        cells = int(rng.integers(3, 7))
-        d_min = uniform(rng, ranges["depth_min"])
-        gh, gw = max(2, round(cells * h / max(h, w))), max(2, round(cells * w / max(h, w)))
-        coarse = torch.from_numpy(rng.random((gh, gw), dtype=np.float32)).to(dev)
+        coarse = torch.from_numpy(cues["coarse"]).to(dev)
         fields.append(_normalise(_upsample_bicubic(coarse[None, None], h, w)))
-        brightness = uniform(rng, ranges["airlight"])
-        tint = float(ranges["airlight_tint"])
-        airlight = np.clip(brightness + rng.uniform(-tint, tint, size=3), 0.0, 1.0).astype(np.float32)
-        jitter = float(ranges["beta_jitter"])
-        beta = log_lerp(ranges["beta"], level) * (1.0 + float(rng.uniform(-jitter, jitter)))
         weights.append(wts)
-        d_mins.append(d_min)
+        d_mins.append(cues["depth_min"])
         airlights.append(airlight)
         betas.append(beta)
-        params.append({"beta": beta, "airlight": [float(v) for v in airlight], "depth_cells": cells,
-                       "depth_min": d_min, "depth_weights": [round(float(v), 4) for v in wts]})
+        params.append({"beta": beta, "airlight": [float(v) for v in airlight], "depth_cells": cues["cells"],
+                       "depth_min": cues["depth_min"], "depth_weights": [round(float(v), 4) for v in wts]})
     luma_cells = 12
-    gh, gw = max(2, round(luma_cells * h / max(h, w))), max(2, round(luma_cells * w / max(h, w)))
+    gh, gw = coarse_shape((h, w), luma_cells)
     luma = _upsample_bicubic(F.interpolate(_luma(images), size=(gh, gw), mode="area"), h, w).clamp(0.0, 1.0)
     ramp = torch.linspace(1.0, 0.0, h, device=dev).view(1, 1, h, 1).expand(n, 1, h, w)
     wt = torch.tensor(np.stack(weights), dtype=torch.float32, device=dev).view(n, 3, 1, 1)
@@ -264,13 +238,9 @@ def _haze(images: torch.Tensor, levels: list[float], draws: list[Draws], ranges:
 
 # ----------------------------------------------------------------------------- mosaic (type 11)
 def bayer_mask_torch(h: int, w: int, device: torch.device) -> torch.Tensor:
-    """(1, 3, H, W) RGGB sampling mask: R at (even, even), G at (even, odd)/(odd, even), B at (odd, odd)."""
-    mask = torch.zeros((1, 3, h, w), device=device)
-    mask[0, 0, 0::2, 0::2] = 1.0
-    mask[0, 1, 0::2, 1::2] = 1.0
-    mask[0, 1, 1::2, 0::2] = 1.0
-    mask[0, 2, 1::2, 1::2] = 1.0
-    return mask
+    """(1, 3, H, W) float RGGB sampling mask: ``mosaic.bayer_mask``'s 2×2 tile repeated over the image."""
+    tile = torch.from_numpy(bayer_mask()).permute(2, 0, 1).float()  # (3, 2, 2)
+    return tile.repeat(1, (h + 1) // 2, (w + 1) // 2)[None, :, :h, :w].to(device)
 
 
 # Bilinear demosaicking as convolutions of the sparse colour planes: G from its 4 neighbours, R and B
@@ -307,10 +277,7 @@ def _mosaic(images: torch.Tensor, levels: list[float], draws: list[Draws], range
     """
     amounts, params = [], []
     for (rng, _), level in zip(draws, levels):
-        harsh_draw = float(rng.random())
-        harsh_pick = HARSH_METHODS[int(rng.integers(len(HARSH_METHODS)))]
-        cpu_method = harsh_pick if harsh_draw < lerp(ranges["harsh_method_prob"], level) else "vng"
-        amount = lerp(ranges["sharpen_amount"], level)
+        cpu_method, amount = draw_mosaic(rng, level, ranges)
         amounts.append(amount)
         params.append({"method": "bilinear", "cpu_method": cpu_method, "sharpen_amount": amount})
     rgb = demosaic_bilinear(images)
@@ -384,37 +351,3 @@ def degrade_batch(
         for i, p in zip(idx, group_params):
             params[i] = {"type": name, **p}
     return out, params
-
-
-def benchmark_batch(size: int = 128, batch: int = 64, device: str | torch.device = "cpu", repeats: int = 3) -> dict[str, float]:
-    """Time ms/sample of each torch type on a random-smooth batch (B, 3, size, size); prints a table.
-
-    The best of ``repeats`` runs after one warm-up, with a device synchronise around each run.
-    """
-    dev = torch.device(device)
-    gen = torch.Generator().manual_seed(0)
-    base = torch.rand((batch, 3, size // 8, size // 8), generator=gen)
-    images = F.interpolate(base, size=(size, size), mode="bilinear", align_corners=False).to(dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    results = {}
-    for name in TORCH_TYPES:
-        best = math.inf
-        for r in range(repeats + 1):
-            seeds = [(r, i) for i in range(batch)]
-            levels = [(i % 11) / 10 for i in range(batch)]
-            sync()
-            start = time.perf_counter()
-            degrade_batch(images, [name] * batch, levels, seeds)
-            sync()
-            if r:  # r = 0 is the warm-up
-                best = min(best, time.perf_counter() - start)
-        results[name] = 1000.0 * best / batch
-    print(f"torch path, {batch}×3×{size}×{size} on {dev}, {torch.get_num_threads()} threads")
-    print(f"{'type':<16}{'ms/sample':>10}")
-    for name, ms in results.items():
-        print(f"{name:<16}{ms:>10.3f}")
-    return results
-
-
-if __name__ == "__main__":
-    benchmark_batch()

@@ -1,15 +1,18 @@
 """Imports every implementation module so that all 19 types register."""
 from . import (  # noqa: F401
-    blur,
     camera,
+    defocus_blur,
+    gaussian_blur,
     haze,
     jpeg,
     lowlight,
     mixed,
     moire,
     mosaic,
+    motion_blur,
     noise,
-    rain,
+    rain_streaks,
+    raindrops,
     realesrgan,
     snow,
 )

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from degradations import DegradationEngine, EngineConfig, TYPE_IDS, TYPE_NAMES, all_types, degrade, resolve
-from degradations.samples import sample_photos
-from degradations.sampling import make_rng
+from degradations.photos import sample_photos
+from degradations.rng import make_rng
 
 TYPES = [t.name for t in all_types()]
 LEVELS = (0.0, 0.5, 1.0)

@@ -8,37 +8,26 @@ import numpy as np
 import pytest
 
 from degradations import degrade, resolve
-from degradations.blur import (
-    GAUSSIAN_RANGES,
-    apply_kernel,
-    apply_kernels_dft,
-    bessel_j1,
-    disk_kernel,
-    kernel_centroid,
-    linear_kernel,
-    random_kernel,
-    shake_trajectory,
-    sinc_kernel,
-    trajectory_kernel,
-)
 from degradations.camera import DEFAULT_RANGES as CAMERA_RANGES
 from degradations.camera import (
     HIGHLIGHT_THRESHOLD,
     _apply_matrix,
-    demosaic_bilinear,
-    mosaic_rggb,
     process,
     random_meta,
-    srgb_to_linear,
     unprocess,
 )
+from degradations.color import srgb_to_linear
+from degradations.fields import coarse_shape, smooth_field
+from degradations.gaussian_blur import GAUSSIAN_RANGES, random_kernel
 from degradations.image import to_uint8
 from degradations.jpeg import SAMPLING_420, SAMPLING_444, jpeg_compress
+from degradations.kernels import apply_kernel, apply_kernels_dft, bessel_j1, disk_kernel, kernel_centroid, sinc_kernel
 from degradations.lowlight import darken, darken_linear
 from degradations.mosaic import DEMOSAIC_CODES, bayer_mask, bayer_rggb, demosaic
+from degradations.motion_blur import linear_kernel, shake_trajectory, trajectory_kernel
 from degradations.noise import add_gaussian_noise, add_poisson_noise, add_salt_pepper, poisson_counts
-from degradations.samples import sample_photos
-from degradations.sampling import make_rng
+from degradations.photos import sample_photos
+from degradations.rng import make_rng
 
 CENTROID_TOLERANCE = 1e-3  # px: kernels are centred by construction, so only float rounding remains
 
@@ -135,9 +124,9 @@ def test_unprocess_changes_the_image_and_gains_are_in_range():
 
 def test_bayer_demosaic_of_a_constant_is_constant():
     flat = np.full((40, 40, 3), [0.2, 0.5, 0.7], dtype=np.float32)
-    bayer = mosaic_rggb(flat)
+    bayer = bayer_rggb(flat)
     assert bayer[0, 0] == pytest.approx(0.2) and bayer[0, 1] == pytest.approx(0.5) and bayer[1, 1] == pytest.approx(0.7)
-    assert np.allclose(demosaic_bilinear(bayer), flat, atol=2e-5)
+    assert np.allclose(demosaic(bayer, "bilinear"), flat, atol=2e-5)
 
 
 def test_camera_noise_shot_and_read_noise_model():
@@ -337,3 +326,11 @@ def test_overridden_ranges_are_read(photo):
     assert noisy.params == {"model": "salt_pepper", "amount": 0.1}
     quiet = degrade(photo, "downsample_noise_blur_jpeg", 1.0, seed=0, jpeg_quality=[95, 95])
     assert quiet.params["jpeg1"]["quality"] == 95 and quiet.params["jpeg2"]["quality"] == 95
+
+
+def test_smooth_field_spans_the_unit_range_and_keeps_the_aspect():
+    assert coarse_shape((100, 50), 4) == (4, 2) and coarse_shape((30, 300), 4) == (2, 4)
+    coarse = make_rng(0).random((3, 5), dtype=np.float32)
+    field = smooth_field(coarse, (40, 64))
+    assert field.shape == (40, 64) and field.min() == 0.0 and field.max() == pytest.approx(1.0)
+    assert smooth_field(coarse, (40, 64), margin=1e-3).max() < 1.0

@@ -9,10 +9,9 @@ from degradations import degrade, resolve
 from degradations.haze import plausible_depth, scatter, transmission
 from degradations.mixed import CDD11_COMBINATIONS
 from degradations.moire import MOIRE_RANGES
-from degradations.rain import (
-    DROP_COLUMNS, DROP_RANGES, STREAK_RANGES, apply_raindrops, blend_rain, draw_drops, rain_streak_layer,
-)
-from degradations.sampling import make_rng
+from degradations.rain_streaks import STREAK_RANGES, blend_rain, rain_streak_layer
+from degradations.raindrops import DROP_COLUMNS, DROP_RANGES, apply_raindrops, draw_drops
+from degradations.rng import make_rng
 from degradations.snow import SNOW_RANGES, composite_snow, snow_mask
 
 MY_TYPES = (

@@ -1,4 +1,4 @@
-"""End-to-end checks of tools/degrade.py and the degradation benchmark."""
+"""End-to-end checks of tools/degrade.py and the degradation benchmark; image files and the bundled photos."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,8 @@ import numpy as np
 
 from degradations import TYPE_TABLE
 from degradations.benchmark import format_table, measure
+from degradations.image import read_rgb, write_png
+from degradations.photos import BUNDLED_PHOTOS, SAMPLE_PHOTOS, SCENE_PHOTOS, photo_dir, sample_photos
 from degradations.sheet import LABEL_HEIGHT, sheet_shape
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,3 +81,19 @@ def test_benchmark_measures_every_registered_type():
     assert result["size"] == 32 and set(result["per_type_ms"]) == set(result["per_type_mean_ms"])
     assert all(ms > 0 for ms in result["per_type_ms"].values())
     assert "uniform mix" in format_table(result)
+
+
+def test_png_round_trip_keeps_rgb_order(tmp_path):
+    rng = np.random.default_rng(1)
+    image = (rng.random((33, 47, 3)) * 255).astype(np.uint8)
+    path = str(tmp_path / "x.png")
+    write_png(path, image)
+    np.testing.assert_array_equal(read_rgb(path), image)
+    assert read_rgb(str(tmp_path / "missing.png")) is None
+
+
+def test_photo_selections_come_from_the_one_list():
+    assert set(SAMPLE_PHOTOS) <= set(BUNDLED_PHOTOS) and set(SCENE_PHOTOS) < set(BUNDLED_PHOTOS)
+    present = [name for name in SAMPLE_PHOTOS if os.path.isfile(os.path.join(photo_dir(), name))]
+    stems = [stem for stem, _ in sample_photos()]
+    assert stems == [os.path.splitext(name)[0] for name in present] and stems[0] == "astronaut"

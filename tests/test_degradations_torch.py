@@ -11,18 +11,20 @@ import pytest
 import torch
 
 from degradations import degrade
-from degradations.blur import apply_kernel, gaussian_kernel, linear_kernel, trajectory_kernel, shake_trajectory
-from degradations.lowlight import darken_linear, linear_to_display as cpu_linear_to_display
+from degradations.benchmark import benchmark_batch
+from degradations.color import linear_to_display
+from degradations.kernels import apply_kernel, gaussian_kernel
+from degradations.lowlight import darken_linear
 from degradations.mosaic import bayer_rggb, demosaic
-from degradations.samples import sample_photos
-from degradations.sampling import make_rng
+from degradations.motion_blur import linear_kernel, shake_trajectory, trajectory_kernel
+from degradations.photos import sample_photos
+from degradations.rng import make_rng
 from degradations.torch_ops import (
     TORCH_TYPES,
     conv_per_sample,
     darken_to_linear,
     degrade_batch,
     demosaic_bilinear,
-    linear_to_display,
 )
 
 BLUR_TYPES = ("motion_blur", "defocus_blur", "gaussian_blur")
@@ -103,7 +105,7 @@ def test_low_light_formula_equals_cpu_darkening(photo):
     t = darken_to_linear(to_tensor(photo), torch.tensor([alpha]), torch.tensor([beta]), torch.tensor([gamma]))
     cpu_linear = darken_linear(photo, alpha, beta, gamma)
     np.testing.assert_allclose(to_image(t[0]), cpu_linear, rtol=1e-4, atol=1e-9)
-    np.testing.assert_allclose(to_image(linear_to_display(t)[0]), cpu_linear_to_display(cpu_linear), atol=1e-5)
+    np.testing.assert_allclose(to_image(linear_to_display(t)[0]), linear_to_display(cpu_linear), atol=1e-5)
 
 
 def test_low_light_with_negligible_noise_equals_cpu(photo):
@@ -298,3 +300,8 @@ def test_cuda_matches_cpu(texture):
         if name in BLUR_TYPES + ("haze", "mosaic"):  # no pixel noise: same result up to float rounding
             assert torch.allclose(gpu[i].cpu(), cpu[i], atol=1e-4), name
         assert p_gpu[i].keys() == p_cpu[i].keys()
+
+
+def test_benchmark_batch_times_every_torch_type():
+    result = benchmark_batch(size=32, batch=2, repeats=1)
+    assert list(result) == list(TORCH_TYPES) and all(ms > 0 for ms in result.values())

@@ -8,24 +8,10 @@ from __future__ import annotations
 
 import os
 
+from degradations.photos import SCENE_PHOTOS as DEFAULT_PHOTOS
+from degradations.photos import photo_dir as default_photo_dir
+
 from .index import CorpusIndex
-
-# Natural photographs shipped inside the scikit-image wheel. Left out: synthetic patterns
-# (chessboard, logo, phantom), an already blurred photo (clock_motion), binary silhouettes
-# (horse), a colour wheel (color), microscopy/medical crops that are not scenes, and page.png,
-# whose malformed ICC profile makes libpng print a warning at every decode (text.png has text).
-DEFAULT_PHOTOS = (
-    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png",
-    "gravel.png", "hubble_deep_field.jpg", "moon.png", "motorcycle_left.png", "motorcycle_right.png",
-    "rocket.jpg", "text.png",
-)
-
-
-def default_photo_dir() -> str:
-    """scikit-image's bundled data folder (a path inside the installed package)."""
-    import skimage
-
-    return os.path.join(os.path.dirname(skimage.__file__), "data")
 
 
 def default_index() -> CorpusIndex:

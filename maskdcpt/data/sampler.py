@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from degradations.sampling import make_rng
+from degradations.rng import make_rng
 
 from .schedule import MixingSchedule
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from degradations.sampling import make_rng
+from degradations.rng import make_rng
 
 from .decode import SkipImage, read_image, to_float
 from .index import CorpusIndex
