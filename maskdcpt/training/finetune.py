@@ -25,8 +25,7 @@ from .distributed import DistInfo
 from .ema import ModelEMA
 from .logging import TensorBoardLogger, image_grid
 from .optim import OptimConfig, ParamGroup
-from .pretrain import RunConfig
-from .run import run_task
+from .run import RunConfig, run_task
 from .trainer import StepOutput, TrainConfig
 
 

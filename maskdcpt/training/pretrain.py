@@ -26,7 +26,7 @@ from .checkpoint import save_weights
 from .distributed import DistInfo, gather_with_grad
 from .logging import TensorBoardLogger, confusion_matrix, image_grid, render_confusion
 from .optim import OptimConfig, ParamGroup
-from .run import run_task
+from .run import RunConfig, run_task
 from .trainer import StepOutput, TrainConfig
 
 # a stream id so that mask draws never coincide with the data's draws of the same seed
@@ -52,12 +52,6 @@ class LossConfig:
     temperature: float = 0.07
 
 
-@dataclass
-class RunConfig:
-    output_dir: str = "runs"
-    name: str | None = None  # None: "pretrain_<model.name>"
-
-
 def _demo_optim() -> OptimConfig:
     # The defaults are the tiny CPU run of `python tools/pretrain.py`: a few hundred steps, so a
     # higher rate than the release recipe's (3e-4 / 1e-4, in configs/pretrain/*.yaml) and a short
@@ -74,7 +68,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=_demo_optim)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: RunConfig = field(default_factory=RunConfig)  # name None: "pretrain_<model.name>"
 
 
 def load_pretrain_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PretrainConfig:
