@@ -26,7 +26,7 @@ from .ema import ModelEMA
 from .logging import TensorBoardLogger, image_grid
 from .optim import OptimConfig, ParamGroup
 from .run import RunConfig, run_task
-from .trainer import StepOutput, TrainConfig
+from .trainer import StepOutput, Task, TrainConfig
 
 
 @dataclass
@@ -127,10 +127,8 @@ def build_restorer(cfg: FinetuneConfig) -> nn.Module:
     return add_prior_channels(model, cfg.model.prior_channels)
 
 
-class FinetuneTask:
+class FinetuneTask(Task):
     """All-in-one restoration: L1 between the restorer's output and GT; EMA of the weights."""
-
-    has_unused_parameters = False
 
     def __init__(self, cfg: FinetuneConfig, dist: DistInfo):
         self.cfg = cfg

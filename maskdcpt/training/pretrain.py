@@ -27,7 +27,7 @@ from .distributed import DistInfo, gather_with_grad
 from .logging import TensorBoardLogger, confusion_matrix, image_grid, render_confusion
 from .optim import OptimConfig, ParamGroup
 from .run import RunConfig, run_task
-from .trainer import StepOutput, TrainConfig
+from .trainer import StepOutput, Task, TrainConfig
 
 # a stream id so that mask draws never coincide with the data's draws of the same seed
 _MASK_STREAM = 0x4D41534B
@@ -122,7 +122,7 @@ class _OutputsAsDict(nn.Module):
         return {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
 
 
-class PretrainTask:
+class PretrainTask(Task):
     """MaskDCPT's objective on top of a ``MaskDCPT`` module."""
 
     def __init__(self, cfg: PretrainConfig, dist: DistInfo):
@@ -131,9 +131,13 @@ class PretrainTask:
         self.model = build_maskdcpt(m.name, num_classes=m.num_classes, mask_ratio=m.mask_ratio, patch_size=m.patch_size, **m.kwargs)
         loss = cfg.loss
         self.has_unused_parameters = 0.0 in (loss.w_rec, loss.w_cls, loss.w_con)
-        self.forward_module = _OutputsAsDict(self.model)
+        self._outputs_as_dict = _OutputsAsDict(self.model)
         self._preds: list[np.ndarray] = []
         self._targets: list[np.ndarray] = []
+
+    @property
+    def forward_module(self) -> nn.Module:
+        return self._outputs_as_dict
 
     # parameter groups: DCPT trains G and the classifier with their own AdamW settings
     def param_groups(self, optim: OptimConfig) -> list[ParamGroup]:
@@ -195,15 +199,6 @@ class PretrainTask:
             counts = confusion_matrix(np.concatenate(self._preds), np.concatenate(self._targets), self.cfg.model.num_classes)
             logger.image("classification/confusion", render_confusion(counts, names), step, dataformats="HWC")
             self._preds, self._targets = [], []
-
-    def after_step(self, step: int) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
     def export(self, run_dir: Path) -> None:
         export_encoder_weights(self.model, self.cfg, run_dir / "encoder.safetensors")
