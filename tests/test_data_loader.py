@@ -93,11 +93,7 @@ def test_resume_mid_epoch_repeats_and_skips_nothing(tmp_path):
             for name in ("lq", "gt", "type_id", "level", "source", "key", "index"):
                 assert torch.equal(expected[name], got[name]), name
             assert expected["params"] == got["params"]
-        assert resumed.state_dict()["step"] == 9
-    state = {"step": 5}
-    loader = build_train_loader(cfg, seed=7, batch_size=6, rank=1, world_size=2)
-    loader.load_state_dict(state)
-    assert torch.equal(next(iter(loader))["lq"], full[5]["lq"])
+        assert resumed.step == 9
 
 
 def test_worker_processes_give_the_same_batches(tmp_path):
