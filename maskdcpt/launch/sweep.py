@@ -101,16 +101,16 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
 
 
-def expand_grid(grid: dict[str, list[Any]], where: str = "grid") -> list[SweepMember]:
+def expand_grid(grid: dict[str, list[Any]]) -> list[SweepMember]:
     """Cartesian product of ``{key: [values]}``; members are named ``key-value`` joined by ``__``.
 
     Names use the last part of each dotted key (``mask_ratio-0.5``) unless two keys share it.
     """
     if not isinstance(grid, dict) or not grid:
-        raise ValueError(f"{where}: expected a non-empty mapping of config key to a list of values, got {grid!r}")
+        raise ValueError(f"grid: expected a non-empty mapping of config key to a list of values, got {grid!r}")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise ValueError(f"{where}.{key}: expected a non-empty list of values, got {values!r}")
+            raise ValueError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
     keys = list(grid)
     short = [k.split(".")[-1] for k in keys]
     labels = short if len(set(short)) == len(short) else keys
