@@ -30,14 +30,14 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error says more than "matches none"
+            return _convert(value, options[0], path)
+        for arg in options:
             try:
                 return _convert(value, arg, path)
-            except ValueError as err:
-                errors.append(str(err))
+            except ValueError:
+                pass
         raise ValueError(f"{path}: {value!r} matches none of {tp}")
     if _is_dataclass_type(tp):
         if isinstance(value, tp):
@@ -93,14 +93,23 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T
     """Build dataclass ``cls`` from a (nested) mapping, rejecting unknown keys by name."""
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
-    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    valid = [f.name for f in fields]
+    at = f" in {path}" if path else ""
     kwargs = {}
     for key, value in data.items():
-        where = f"{path}.{key}" if path else key
         if key not in valid:
-            raise ValueError(f"unknown config key {where!r}; valid keys{' in ' + path if path else ''}: {', '.join(valid)}")
-        kwargs[key] = _convert(value, hints[key], where)
+            raise ValueError(f"unknown config key {_join(path, key)!r}; valid keys{at}: {', '.join(valid)}")
+        kwargs[key] = _convert(value, hints[key], _join(path, key))
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [key for key in required if key not in kwargs]
+    if missing:
+        raise ValueError(f"missing config key {_join(path, missing[0])!r}; required keys{at}: {', '.join(required)}")
     return cls(**kwargs)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
 
 
 def to_dict(cfg: Any) -> Any:
@@ -146,24 +155,47 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
-    """Defaults of ``cls`` ← YAML file at ``path`` ← ``key=value`` overrides, validated."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {str(path)!r} does not exist")
+def format_value(value: Any) -> str:
+    """``value`` as one line of YAML (``[0.2, 1]``, ``'a: b'``), as an override's right-hand side."""
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return text[:-4].strip() if text.endswith("\n...") else text.removesuffix("...").strip()
+
+
+def format_override(key: str, value: Any) -> str:
+    """The ``key=value`` override that :func:`parse_overrides` reads back as ``{key: value}``."""
+    return f"{key}={format_value(value)}"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping at the top of a YAML file; ``ValueError`` names the file when there is none."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    try:
         with open(path) as f:
             loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, Mapping):
-            raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
-        data = dict(loaded)
-    data = merge(data, parse_overrides(overrides))
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {str(path)!r}: invalid YAML: {err}") from None
+    if not isinstance(loaded, Mapping):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return dict(loaded)
+
+
+def build_config(cls: type[T], data: Mapping[str, Any], source: str | Path | None = None) -> T:
+    """:func:`from_dict`, with an error that also names where ``data`` came from (a file)."""
     try:
+        if not isinstance(data, Mapping):
+            valid = ", ".join(f.name for f in dataclasses.fields(cls) if f.init)
+            raise ValueError(f"expected a mapping with keys {valid}, got {data!r}")
         return from_dict(cls, data)
     except ValueError as err:
-        where = f" (in {path})" if path is not None else ""
-        raise ValueError(f"{err}{where}") from None
+        raise ValueError(f"{err} (in {source})" if source is not None else str(err)) from None
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = ()) -> T:
+    """Defaults of ``cls`` ← YAML file at ``path`` ← ``key=value`` overrides, validated."""
+    data = read_yaml(path) if path is not None else {}
+    return build_config(cls, merge(data, parse_overrides(overrides)), path)
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -25,6 +25,10 @@ def test_gray_becomes_three_equal_channels(tmp_path):
     assert image.shape == (40, 40, 3)
     for c in range(3):
         np.testing.assert_array_equal(image[..., c], gray)
+    # NIQE scores a gray file as gray: with keep_gray it stays (H, W), colour files are unchanged
+    np.testing.assert_array_equal(read_image(str(tmp_path / "g.png"), keep_gray=True), gray)
+    cv2.imwrite(str(tmp_path / "c.png"), np.dstack([gray, gray // 2, gray // 3]))
+    assert read_image(str(tmp_path / "c.png"), keep_gray=True).shape == (40, 40, 3)
 
 
 def test_alpha_is_composited_on_white(tmp_path):

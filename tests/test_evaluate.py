@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,8 +130,11 @@ def test_task_discovery_and_pairing(tmp_path):
 
 @pytest.mark.parametrize("text,match", [
     ("tasks: []", "non-empty list"),
-    ("tasks:\n  - {name: a, lq: LQ, gt: GT, sigma: 3}", "unknown keys \\['sigma'\\]"),
-    ("tasks:\n  - {name: a, lq: nowhere, gt: GT}", "lq folder .*nowhere"),
+    ("tasks:\n  - {name: a, lq: LQ, gt: GT, sigma: 3}",
+     r"unknown config key 'tasks\[0\].sigma'; valid keys in tasks\[0\]: name, lq, gt \(in .*t.yaml\)"),
+    ("tasks:\n  - {name: a, lq: LQ}", r"missing config key 'tasks\[0\].gt'"),
+    ("tasks:\n  - {name: a, lq: LQ, gt: GT}\n  - {name: a, lq: LQ, gt: GT}", r"tasks\[1\].name: .*'a' appears twice"),
+    ("tasks:\n  - {name: a, lq: nowhere, gt: GT}", r"tasks\[0\].lq: lq folder .*nowhere.* \(in .*t.yaml\)"),
     ("tasks: [", "invalid YAML"),
 ])
 def test_task_yaml_errors_name_the_problem(tmp_path, text, match):
@@ -218,11 +222,31 @@ def test_tools_restore_and_evaluate_as_subprocesses(tiny_restorer, tmp_path):
 
 
 
-def test_evaluate_tool_reports_a_missing_checkpoint(tmp_path, capsys):
+def _evaluate_tool():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("evaluate_tool", REPO / "tools" / "evaluate.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_evaluate_tool_reports_a_missing_checkpoint(tmp_path, capsys):
+    tool = _evaluate_tool()
     assert tool.main(["--model", str(tmp_path / "nope.safetensors"), "--data", str(tmp_path)]) == 2
     assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_evaluate_tool_settings_file_then_flags_then_overrides(tmp_path, capsys):
+    tool = _evaluate_tool()
+    settings = tmp_path / "eval.yaml"
+    settings.write_text("crop_border: 4\ny_channel: true\noverlap: 16\n")
+    args = tool.build_parser().parse_args(["--model", "m", "--data", "d", "--config", str(settings), "--crop-border", "2",
+                                           "--prior", "a folder: x", "--no-niqe", "tile=128"])
+    assert tool.eval_config(args) == EvalConfig(crop_border=2, y_channel=True, overlap=16, tile=128,
+                                                prior="a folder: x", compute_niqe=False)
+    plain = tool.build_parser().parse_args(["--model", "m", "--data", "d"])
+    assert tool.eval_config(plain) == EvalConfig()
+    assert tool.main(["--model", "m", "--data", "d", "--config", str(settings), "y_chanel=true"]) == 2
+    assert re.search(r"unknown config key 'y_chanel'; valid keys: crop_border, y_channel, .* \(in .*eval.yaml\)",
+                     capsys.readouterr().err)

@@ -94,7 +94,9 @@ def test_grid_expands_to_the_cartesian_product_with_names_from_values():
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"target": "pretrain", "grid": {"x": [1]}, "gird": {}}, "unknown key.*gird"),
+    ({"target": "pretrain", "grid": {"x": [1]}, "gird": {}},
+     r"unknown config key 'gird'; valid keys: target, base_config, base_overrides, members, grid \(in spec.yaml\)"),
+    ({"members": [{"overrides": []}]}, r"missing config key 'members\[0\].name'"),
     ({"members": [{"name": "a"}, {"name": "a"}]}, "two members are named 'a'"),
     ({"members": [{"name": "a", "overrides": ["no_equals"]}]}, r"members\[0\].overrides"),
     ({"members": [{"name": "a/b"}]}, "must use only"),

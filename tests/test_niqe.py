@@ -70,3 +70,15 @@ def test_niqe_errors(tmp_path, coffee):
     np.savez(bad, mu=np.zeros(3))
     with pytest.raises(ValueError, match="bad.npz"):
         load_pristine_model(bad)
+
+
+def test_score_command_reads_gray_files_as_gray(tmp_path, coffee, capsys):
+    from maskdcpt.evaluation.niqe import _main
+
+    gray = np.round(coffee[..., 1] * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "g.png"), gray)
+    _main(["score", str(tmp_path / "g.png")])
+    assert capsys.readouterr().out == f"{tmp_path / 'g.png'}\t{niqe(gray):.4f}\n"
+    (tmp_path / "bad.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="cannot read image .*bad.png: empty"):
+        _main(["score", str(tmp_path / "bad.png")])

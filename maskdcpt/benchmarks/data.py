@@ -114,10 +114,12 @@ def _cpu_seconds_of_workers() -> float:
 
 def measure_loader(photo_dir: Path, workers: int, batch: int, crop: int, crops_per_image: int, seconds: float,
                    types: list[str]) -> dict:
+    from degradations import EngineConfig
+
     from ..data import DataConfig, build_train_loader
 
     cfg = DataConfig(sources=[{"kind": "synthetic", "root": str(photo_dir)}], crop_size=crop,
-                     crops_per_image=crops_per_image, engine={"types": types})
+                     crops_per_image=crops_per_image, engine=EngineConfig(types=types))
     loader = build_train_loader(cfg, seed=0, batch_size=batch, num_workers=workers)
     it = iter(loader)
     for _ in range(max(2, 2 * workers)):  # worker start-up and first decodes are not throughput

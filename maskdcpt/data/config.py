@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
+
+from degradations import EngineConfig
 
 
 @dataclass
@@ -46,7 +48,8 @@ class DataConfig:
                      samples/s; a group of crops stays in one batch (and one worker) when
                      batch_size is a multiple of it.
     min_size:        images with a side under this are skipped (0 → crop_size).
-    engine:          the degradation engine config (``degradations.EngineConfig`` keys).
+    engine:          the degradation engine of the synthetic sources (types, weights, level range,
+                     parameter ranges); in YAML a mapping of its keys, e.g. ``data.engine.level_range=[0.2,1]``.
     schedule:        progressive mixing rows [step, synthetic, real], linear between rows,
                      e.g. [[0, 100, 0], [50000, 20, 80]]; empty → constant source weights.
     class_balanced:  paired sources: share each type's probability equally among types
@@ -60,7 +63,7 @@ class DataConfig:
     crop_size: int = 128
     crops_per_image: int = 8
     min_size: int = 0
-    engine: dict[str, Any] = field(default_factory=dict)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     schedule: list[list[float]] = field(default_factory=list)
     class_balanced: bool = True
     num_workers: int = 0

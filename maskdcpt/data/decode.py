@@ -55,8 +55,9 @@ def _decode_with_pil(data: bytes) -> np.ndarray | None:
     return np.ascontiguousarray(array)
 
 
-def _to_rgb(array: np.ndarray) -> np.ndarray:
-    """OpenCV BGR / BGRA / gray / gray+alpha → RGB, alpha composited on white."""
+def _to_rgb(array: np.ndarray, keep_gray: bool = False) -> np.ndarray:
+    """OpenCV BGR / BGRA / gray / gray+alpha → RGB, alpha composited on white; gray stays
+    (H, W) with ``keep_gray``."""
     if array.dtype not in (np.uint8, np.uint16, np.float32):
         if array.dtype == np.float64:
             array = array.astype(np.float32)
@@ -64,11 +65,11 @@ def _to_rgb(array: np.ndarray) -> np.ndarray:
             raise ValueError(f"unsupported pixel type {array.dtype}")
     if array.dtype == np.float32:
         array = np.clip(np.nan_to_num(array), 0.0, 1.0)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
     if array.ndim == 2:
-        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+        return array if keep_gray else cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
     channels = array.shape[2]
-    if channels == 1:
-        return cv2.cvtColor(array[..., 0], cv2.COLOR_GRAY2RGB)
     if channels == 2:  # gray + alpha
         array = np.concatenate([array[..., :1]] * 3 + [array[..., 1:]], axis=2)
         channels = 4
@@ -85,10 +86,11 @@ def _to_rgb(array: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported channel count {channels}")
 
 
-def read_image(path: str, min_size: int = 1) -> np.ndarray:
+def read_image(path: str, min_size: int = 1, keep_gray: bool = False) -> np.ndarray:
     """Read ``path`` → H×W×3 RGB, dtype uint8 / uint16 / float32 ([0, 1]); raises :class:`SkipImage`.
 
     ``min_size``: images with a side under it are skipped as ``too small``.
+    ``keep_gray``: a gray file (without alpha) stays H×W instead of becoming three equal channels.
     """
     try:
         with open(path, "rb") as f:
@@ -107,7 +109,7 @@ def read_image(path: str, min_size: int = 1) -> np.ndarray:
     if array is None or array.size == 0:
         raise SkipImage(path, "undecodable")
     try:
-        rgb = _to_rgb(array)
+        rgb = _to_rgb(array, keep_gray)
     except ValueError as err:
         raise SkipImage(path, str(err)) from None
     h, w = rgb.shape[:2]

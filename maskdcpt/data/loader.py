@@ -49,8 +49,8 @@ def _worker_init(worker_id: int) -> None:
 class TrainLoader:
     """Iterates batches ``step, step + 1, …`` forever; batch k depends only on (seed, k, rank).
 
-    ``step``: the next step to be yielded (= batches consumed). ``state_dict()`` /
-    ``load_state_dict()`` carry it; constructing with ``start_step=k`` is equivalent.
+    The trainer's :class:`~maskdcpt.training.trainer.BatchStream`. ``step``: the next step to
+    be yielded (= batches consumed); a resumed run constructs a loader with ``start_step=k``.
     ``skipped``: bad-file events so far; ``skipped_files``: {path: reason}. Once per loader
     epoch (one pass over every source's items × crops, counted in global samples) the files
     skipped during it are named in one log line.
@@ -107,18 +107,6 @@ class TrainLoader:
             names = ", ".join(f"{p} ({r})" for p, r in sorted(self._epoch_skips.items()))
             log.warning("data epoch %d: skipped %d unusable file(s): %s", self._epoch, len(self._epoch_skips), names)
         self._epoch_skips = {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "skipped": self.skipped}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        self.skipped = int(state.get("skipped", 0))
-        self._epoch = self.epoch_of(self.step)
-
-    def probabilities(self, step: int) -> np.ndarray:
-        """Source probabilities at ``step`` (for logging the mixing schedule)."""
-        return self.sampler.probabilities(step)
 
 
 def build_train_loader(cfg: DataConfig, *, seed: int, batch_size: int, rank: int = 0, world_size: int = 1,

@@ -26,8 +26,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 import torch.nn as nn
-import yaml
 
+from ..config import load_config
 from .metrics import psnr, ssim
 from .restore import list_images, read_rgb, restore_image, with_prior, write_rgb
 
@@ -106,34 +106,43 @@ def load_tasks(data: str | os.PathLike) -> list[TaskData]:
     return tasks
 
 
+@dataclass
+class TaskEntry:
+    """One test set of a task file; relative folders are relative to the file."""
+
+    name: str
+    lq: str
+    gt: str
+
+
+@dataclass
+class TaskFile:
+    """A YAML task list: ``{tasks: [{name: derain, lq: DIR, gt: DIR}, ...]}``."""
+
+    tasks: list[TaskEntry]
+
+    def __post_init__(self):
+        if not self.tasks:
+            raise ValueError("tasks: expected a non-empty list of {name, lq, gt}")
+        seen = set()
+        for i, task in enumerate(self.tasks):
+            if task.name in seen:
+                raise ValueError(f"tasks[{i}].name: task name {task.name!r} appears twice")
+            seen.add(task.name)
+
+
 def _tasks_from_yaml(path: Path) -> list[TaskData]:
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: invalid YAML: {err}") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("tasks"), list) or not spec["tasks"]:
-        raise ValueError(f"{path}: expected a mapping with a non-empty list under 'tasks'")
-    tasks, seen = [], set()
-    for i, entry in enumerate(spec["tasks"]):
-        if not isinstance(entry, dict):
-            raise ValueError(f"{path}: tasks[{i}] must be a mapping with name, lq, gt")
-        unknown = set(entry) - {"name", "lq", "gt"}
-        missing = {"name", "lq", "gt"} - set(entry)
-        if unknown or missing:
-            raise ValueError(f"{path}: tasks[{i}] has unknown keys {sorted(unknown)} / lacks {sorted(missing)}; "
-                             "valid keys: name, lq, gt")
-        name = str(entry["name"])
-        if name in seen:
-            raise ValueError(f"{path}: task name {name!r} appears twice")
-        seen.add(name)
+    tasks = []
+    for i, entry in enumerate(load_config(TaskFile, path).tasks):
         folders = []
         for key in ("lq", "gt"):
-            folder = Path(entry[key]).expanduser()
+            folder = Path(getattr(entry, key)).expanduser()
             folder = folder if folder.is_absolute() else path.parent / folder
             if not folder.is_dir():
-                raise ValueError(f"{path}: tasks[{i}] ({name}) {key} folder {folder} does not exist")
+                raise ValueError(f"tasks[{i}].{key}: {key} folder {folder} of task {entry.name!r} does not exist "
+                                 f"(in {path})")
             folders.append(folder)
-        tasks.append(TaskData(name, *folders))
+        tasks.append(TaskData(entry.name, *folders))
     return tasks
 
 

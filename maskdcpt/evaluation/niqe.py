@@ -35,6 +35,7 @@ import torch
 from scipy.ndimage import convolve
 from scipy.special import gamma
 
+from ..data.decode import SkipImage, read_image
 from .metrics import rgb_to_y
 
 BLOCK_SIZE = 96
@@ -236,12 +237,10 @@ def sample_pristine_images(directory: str | os.PathLike | None = None) -> list[n
     images = []
     for name in PRISTINE_SAMPLE_IMAGES:
         path = Path(directory) / name
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise FileNotFoundError(f"pristine sample image missing or unreadable: {path}")
-        if img.ndim == 3:
-            img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
-        images.append(img)
+        try:
+            images.append(read_image(str(path), keep_gray=True))
+        except SkipImage:
+            raise FileNotFoundError(f"pristine sample image missing or unreadable: {path}") from None
     return images
 
 
@@ -268,10 +267,10 @@ def _main(argv: Sequence[str] | None = None) -> None:
 
 
 def _read_rgb(path: str) -> np.ndarray:
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f"cannot read image {path}")
-    return cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB) if img.ndim == 3 else img
+    try:
+        return read_image(path, keep_gray=True)
+    except SkipImage as err:
+        raise ValueError(f"cannot read image {path}: {err.reason}") from None
 
 
 if __name__ == "__main__":

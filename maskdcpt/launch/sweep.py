@@ -30,15 +30,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import yaml
-
+from maskdcpt.config import build_config, format_override, format_value, load_config
 from maskdcpt.launch.launcher import LaunchOptions, add_launcher_args, build_executor, remove_unexpanded_folder
 from maskdcpt.launch.submitit_job import TrainingJob
 from maskdcpt.launch.targets import resolve_target
 
 MANIFEST = "manifest.json"
 RESULTS_CSV = "results.csv"
-SPEC_KEYS = ("target", "base_config", "base_overrides", "members", "grid")
 # squeue states of a job that may still produce a result.
 ALIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                 "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "STOPPED"}
@@ -47,94 +45,89 @@ ALIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "
 @dataclasses.dataclass
 class SweepMember:
     name: str
-    overrides: list[str]
+    overrides: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
 class SweepSpec:
+    """A sweep with its grid expanded: every member by name, with its overrides."""
+
     target: str
     base_config: str | None
     base_overrides: list[str]
     members: list[SweepMember]
 
 
-def _format_value(value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True).strip()
-    return text[:-4].strip() if text.endswith("\n...") else text.removesuffix("...").strip()
+@dataclasses.dataclass
+class SweepFile:
+    """A sweep file as written (see the module docstring); loaded by :func:`maskdcpt.config.load_config`."""
+
+    target: str = "pretrain"
+    base_config: str | None = None
+    base_overrides: list[str] = dataclasses.field(default_factory=list)
+    members: list[SweepMember] = dataclasses.field(default_factory=list)
+    grid: dict[str, list[Any]] | None = None
+
+    def __post_init__(self) -> None:
+        resolve_target(self.target)
+        _check_overrides(self.base_overrides, "base_overrides")
+        for i, member in enumerate(self.members):
+            _check_overrides(member.overrides, f"members[{i}].overrides")
+            if _safe_name(member.name) != member.name or not member.name:
+                raise ValueError(f"members[{i}].name {member.name!r} must use only letters, digits and . _ = -")
+        if self.grid is None and not self.members:
+            raise ValueError("a sweep needs 'members' and/or a 'grid'")
+        seen: set[str] = set()
+        for member in self.all_members():
+            if member.name in seen:
+                raise ValueError(f"two members are named {member.name!r}")
+            seen.add(member.name)
+
+    def all_members(self) -> list[SweepMember]:
+        """The named members, then the grid's."""
+        return self.members + (expand_grid(self.grid) if self.grid is not None else [])
+
+    def spec(self) -> SweepSpec:
+        return SweepSpec(self.target, self.base_config, list(self.base_overrides), self.all_members())
 
 
-def _override(key: str, value: Any) -> str:
-    return f"{key}={_format_value(value)}"
+def _check_overrides(overrides: list[str], where: str) -> None:
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"{where}: {bad[0]!r} is not a 'key=value' override")
 
 
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")
 
 
-def expand_grid(grid: dict[str, list[Any]], where: str = "grid") -> list[SweepMember]:
+def expand_grid(grid: dict[str, list[Any]]) -> list[SweepMember]:
     """Cartesian product of ``{key: [values]}``; members are named ``key-value`` joined by ``__``.
 
     Names use the last part of each dotted key (``mask_ratio-0.5``) unless two keys share it.
     """
     if not isinstance(grid, dict) or not grid:
-        raise ValueError(f"{where}: expected a non-empty mapping of config key to a list of values, got {grid!r}")
+        raise ValueError(f"grid: expected a non-empty mapping of config key to a list of values, got {grid!r}")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise ValueError(f"{where}.{key}: expected a non-empty list of values, got {values!r}")
+            raise ValueError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
     keys = list(grid)
     short = [k.split(".")[-1] for k in keys]
     labels = short if len(set(short)) == len(short) else keys
     members = []
     for combo in itertools.product(*(grid[k] for k in keys)):
-        name = "__".join(_safe_name(f"{label}-{_format_value(v)}") for label, v in zip(labels, combo))
-        members.append(SweepMember(name, [_override(k, v) for k, v in zip(keys, combo)]))
+        name = "__".join(_safe_name(f"{label}-{format_value(v)}") for label, v in zip(labels, combo))
+        members.append(SweepMember(name, [format_override(k, v) for k, v in zip(keys, combo)]))
     return members
 
 
 def parse_spec(data: dict[str, Any], source: str = "sweep") -> SweepSpec:
-    """Validate a sweep mapping (as loaded from YAML); ``ValueError`` names ``source`` and the key."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{source}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
-    unknown = sorted(set(data) - set(SPEC_KEYS))
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(SPEC_KEYS)}")
-    target = data.get("target", "pretrain")
-    resolve_target(target)
-    base_overrides = data.get("base_overrides") or []
-    if not isinstance(base_overrides, list) or not all(isinstance(o, str) and "=" in o for o in base_overrides):
-        raise ValueError(f"{source}: base_overrides must be a list of 'key=value' strings, got {base_overrides!r}")
-    members: list[SweepMember] = []
-    for i, item in enumerate(data.get("members") or []):
-        if not isinstance(item, dict) or "name" not in item:
-            raise ValueError(f"{source}: members[{i}] must be a mapping with a 'name', got {item!r}")
-        overrides = item.get("overrides") or []
-        if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
-            raise ValueError(f"{source}: members[{i}].overrides must be a list of 'key=value' strings")
-        extra = sorted(set(item) - {"name", "overrides"})
-        if extra:
-            raise ValueError(f"{source}: members[{i}] has unknown key(s) {', '.join(extra)}; valid: name, overrides")
-        name = str(item["name"])
-        if _safe_name(name) != name or not name:
-            raise ValueError(f"{source}: members[{i}].name {name!r} must use only letters, digits and . _ = -")
-        members.append(SweepMember(name, list(overrides)))
-    if data.get("grid") is not None:
-        members += expand_grid(data["grid"], f"{source}: grid")
-    if not members:
-        raise ValueError(f"{source}: a sweep needs 'members' and/or a 'grid'")
-    seen: set[str] = set()
-    for member in members:
-        if member.name in seen:
-            raise ValueError(f"{source}: two members are named {member.name!r}")
-        seen.add(member.name)
-    return SweepSpec(target, data.get("base_config"), list(base_overrides), members)
+    """Validate a sweep mapping (as loaded from YAML); ``ValueError`` names the key and ``source``."""
+    return build_config(SweepFile, data, source).spec()
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"sweep file {str(path)!r} does not exist")
-    with open(path) as f:
-        return parse_spec(yaml.safe_load(f), str(path))
+    return load_config(SweepFile, path).spec()
 
 
 def member_overrides(spec: SweepSpec, member: SweepMember, sweep_dir: Path, extra: Sequence[str] = ()) -> list[str]:

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from degradations import EngineConfig
+
 from ..config import load_config
 from ..data.config import DataConfig
 from ..models import create_model
@@ -23,9 +25,8 @@ from .distributed import DistInfo
 from .ema import ModelEMA
 from .logging import TensorBoardLogger, image_grid
 from .optim import OptimConfig, ParamGroup
-from .pretrain import RunConfig
-from .run import run_task
-from .trainer import StepOutput, TrainConfig
+from .run import RunConfig, run_task
+from .trainer import StepOutput, Task, TrainConfig
 
 
 @dataclass
@@ -40,13 +41,13 @@ def _finetune_optim() -> OptimConfig:
     return OptimConfig(lr=3e-4, weight_decay=0.0, min_lr=1e-6, grad_clip=0.01)
 
 
-def _five_d_engine() -> dict[str, Any]:
+def _five_d_engine() -> EngineConfig:
     # The 5D task set when no paired folders are configured: the engine restricted to its types,
     # with Gaussian noise at the test levels' span (σ 15–50).
-    return {
-        "types": ["rain_streaks", "noise", "haze", "low_light", "motion_blur"],
-        "params": {"noise": {"sigma": [15.0, 50.0], "model_probs": [1.0, 0.0, 0.0], "gray_prob": 0.0}},
-    }
+    return EngineConfig(
+        types=["rain_streaks", "noise", "haze", "low_light", "motion_blur"],
+        params={"noise": {"sigma": [15.0, 50.0], "model_probs": [1.0, 0.0, 0.0], "gray_prob": 0.0}},
+    )
 
 
 @dataclass
@@ -126,10 +127,8 @@ def build_restorer(cfg: FinetuneConfig) -> nn.Module:
     return add_prior_channels(model, cfg.model.prior_channels)
 
 
-class FinetuneTask:
+class FinetuneTask(Task):
     """All-in-one restoration: L1 between the restorer's output and GT; EMA of the weights."""
-
-    has_unused_parameters = False
 
     def __init__(self, cfg: FinetuneConfig, dist: DistInfo):
         self.cfg = cfg

@@ -26,8 +26,8 @@ from .checkpoint import save_weights
 from .distributed import DistInfo, gather_with_grad
 from .logging import TensorBoardLogger, confusion_matrix, image_grid, render_confusion
 from .optim import OptimConfig, ParamGroup
-from .run import run_task
-from .trainer import StepOutput, TrainConfig
+from .run import RunConfig, run_task
+from .trainer import StepOutput, Task, TrainConfig
 
 # a stream id so that mask draws never coincide with the data's draws of the same seed
 _MASK_STREAM = 0x4D41534B
@@ -52,12 +52,6 @@ class LossConfig:
     temperature: float = 0.07
 
 
-@dataclass
-class RunConfig:
-    output_dir: str = "runs"
-    name: str | None = None  # None: "pretrain_<model.name>"
-
-
 def _demo_optim() -> OptimConfig:
     # The defaults are the tiny CPU run of `python tools/pretrain.py`: a few hundred steps, so a
     # higher rate than the release recipe's (3e-4 / 1e-4, in configs/pretrain/*.yaml) and a short
@@ -74,7 +68,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=_demo_optim)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: RunConfig = field(default_factory=RunConfig)  # name None: "pretrain_<model.name>"
 
 
 def load_pretrain_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PretrainConfig:
@@ -128,7 +122,7 @@ class _OutputsAsDict(nn.Module):
         return {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
 
 
-class PretrainTask:
+class PretrainTask(Task):
     """MaskDCPT's objective on top of a ``MaskDCPT`` module."""
 
     def __init__(self, cfg: PretrainConfig, dist: DistInfo):
@@ -137,9 +131,13 @@ class PretrainTask:
         self.model = build_maskdcpt(m.name, num_classes=m.num_classes, mask_ratio=m.mask_ratio, patch_size=m.patch_size, **m.kwargs)
         loss = cfg.loss
         self.has_unused_parameters = 0.0 in (loss.w_rec, loss.w_cls, loss.w_con)
-        self.forward_module = _OutputsAsDict(self.model)
+        self._outputs_as_dict = _OutputsAsDict(self.model)
         self._preds: list[np.ndarray] = []
         self._targets: list[np.ndarray] = []
+
+    @property
+    def forward_module(self) -> nn.Module:
+        return self._outputs_as_dict
 
     # parameter groups: DCPT trains G and the classifier with their own AdamW settings
     def param_groups(self, optim: OptimConfig) -> list[ParamGroup]:
@@ -201,15 +199,6 @@ class PretrainTask:
             counts = confusion_matrix(np.concatenate(self._preds), np.concatenate(self._targets), self.cfg.model.num_classes)
             logger.image("classification/confusion", render_confusion(counts, names), step, dataformats="HWC")
             self._preds, self._targets = [], []
-
-    def after_step(self, step: int) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
     def export(self, run_dir: Path) -> None:
         export_encoder_weights(self.model, self.cfg, run_dir / "encoder.safetensors")

@@ -2,6 +2,7 @@
 group, seed the initialisation, write the resolved config, build the task, train, report."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -10,6 +11,14 @@ import torch
 from ..config import save_config
 from .distributed import DistInfo, cleanup_distributed, init_distributed
 from .trainer import Task, Trainer, resolve_device
+
+
+@dataclass
+class RunConfig:
+    """Where a run lives: ``output_dir/name``; name None: the task's default (``pretrain_<model.name>``, …)."""
+
+    output_dir: str = "runs"
+    name: str | None = None
 
 
 def build_loader_factory(cfg: Any, dist: DistInfo) -> Callable[[int], Any]:

@@ -7,6 +7,7 @@ and how a batch becomes a loss.
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import logging
@@ -14,7 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Protocol
+from typing import Any, Callable, Iterator, Literal, Protocol
 
 import torch
 import torch.nn as nn
@@ -55,24 +56,58 @@ class StepOutput:
     extras: dict[str, Any]
 
 
-class Task(Protocol):
-    model: nn.Module
+class Task(abc.ABC):
+    """What is trained: a model, its parameter groups, and how a batch becomes a loss.
 
+    ``param_groups`` and ``step`` are a task's own; everything else defaults to nothing.
+    """
+
+    model: nn.Module
+    # True where some parameters get no gradient by design (a loss weight of 0): DDP must then
+    # look for unused parameters instead of waiting for them.
+    has_unused_parameters: bool = False
+
+    @property
+    def forward_module(self) -> nn.Module:
+        """The module ``step`` calls and DDP wraps: the model, or a wrapper that shows DDP every output."""
+        return self.model
+
+    @abc.abstractmethod
     def param_groups(self, optim: OptimConfig) -> list[ParamGroup]: ...
 
+    @abc.abstractmethod
     def step(self, model: nn.Module, batch: dict[str, Any], step: int) -> StepOutput: ...
 
-    def metrics(self, out: StepOutput, batch: dict[str, Any]) -> dict[str, torch.Tensor]: ...
+    def metrics(self, out: StepOutput, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Named values to log besides the loss terms (averaged like them)."""
+        return {}
 
-    def images(self, out: StepOutput, batch: dict[str, Any], logger: TensorBoardLogger, step: int) -> None: ...
+    def images(self, out: StepOutput, batch: dict[str, Any], logger: TensorBoardLogger, step: int) -> None:
+        """Write images of ``out`` to ``logger`` (rank 0, every ``train.image_every`` steps)."""
 
-    def after_step(self, step: int) -> None: ...
+    def after_step(self, step: int) -> None:
+        """Called after every optimiser step (``step`` counts the steps done)."""
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]:
+        """The task's own training state, saved in the checkpoint beside the model's."""
+        return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
-    def export(self, run_dir: Path) -> None: ...
+    def export(self, run_dir: Path) -> None:
+        """Write the run's product into ``run_dir`` at the end of training (rank 0)."""
+
+
+class BatchStream(Protocol):
+    """What ``make_loader(start_step)`` returns: endless batches, and the unusable files met on the way."""
+
+    skipped: int  # bad-file events so far, logged as data/skipped_files
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+
+    def log_skips(self) -> None:
+        """Name (in a log line) the files skipped since the last such line."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -114,7 +149,7 @@ class Trainer:
         cfg: TrainConfig,
         optim: OptimConfig,
         run_dir: str | Path,
-        make_loader: Callable[[int], Iterable[dict[str, Any]]],
+        make_loader: Callable[[int], BatchStream],
         dist_info: DistInfo = DistInfo(),
         config_text: str = "",
     ):
@@ -137,17 +172,14 @@ class Trainer:
         task.model.to(self.device)
         self.optimizer = build_optimizer(task.param_groups(optim), optim)
         self.scheduler = build_scheduler(self.optimizer, optim, cfg.max_steps)
-        # The module the step calls: a task may wrap its model so DDP can see every output.
-        self.model: nn.Module = getattr(task, "forward_module", task.model)
+        self.model: nn.Module = task.forward_module
         if dist_info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # A loss weight of 0 leaves parameters without gradient (e.g. no classification):
-            # DDP must then look for unused parameters instead of waiting for them.
             self.model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=ids, find_unused_parameters=getattr(task, "has_unused_parameters", False)
+                self.model, device_ids=ids, find_unused_parameters=task.has_unused_parameters
             )
         self.step_model = torch.compile(self.model) if cfg.compile else self.model
-        self.loader: Iterable[dict[str, Any]] | None = None
+        self.loader: BatchStream | None = None
         self.step = 0
         self.bad_in_row = 0
         self.skipped = 0
@@ -257,8 +289,7 @@ class Trainer:
                     for i, g in enumerate(self.optimizer.param_groups):
                         last_logged[f"lr/{g.get('name', i)}"] = g["lr"]
                     last_logged["train/skipped_steps"] = float(self.skipped)
-                    if hasattr(self.loader, "skipped"):  # unusable files met by this rank's loader
-                        last_logged["data/skipped_files"] = float(self.loader.skipped)
+                    last_logged["data/skipped_files"] = float(self.loader.skipped)  # by this rank's loader
                     self.logger.scalars(last_logged, self.step)
                     bar.set_postfix(self._postfix(last_logged), refresh=False)
                     window, t_wait, t_total = {}, 0.0, 0.0
@@ -267,7 +298,7 @@ class Trainer:
         finally:
             bar.close()
             self.logger.flush()
-            if hasattr(self.loader, "log_skips"):  # name the files of the unfinished data epoch too
+            if self.loader is not None:  # name the files of the unfinished data epoch too
                 self.loader.log_skips()
         if self.dist.is_main:
             self.task.export(self.run_dir)
