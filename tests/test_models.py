@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from maskdcpt.models import MaskDCPT, ReconstructionHead, build_maskdcpt, create_model, list_models
+from maskdcpt.models.base import BlockStage
 from maskdcpt.models.classifier import DegradationClassifier
 from maskdcpt.models.masking import mask_like, random_keep_map
 
@@ -168,6 +169,29 @@ def test_leak_hidden_pixels_never_reach_visible_positions(name):
         d1, _ = dense.forward_features(x1)
         d2, _ = dense.forward_features(x2)
     assert not torch.equal(d1 * pix[:, :1], d2 * pix[:, :1])
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_grad_checkpointing_recomputes_blocks_and_gives_the_same_gradients(name):
+    torch.manual_seed(0)
+    model = _randomize(create_model(name, masked=True)).train()
+    stages = [m for m in model.modules() if isinstance(m, BlockStage)]
+    calls, block = [], stages[0].blocks[0]
+    block.forward = lambda *args, _forward=block.forward: calls.append(1) or _forward(*args)  # count its runs
+    x = _input(model, batch=1, cells=2)
+    keep = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        calls.clear()
+        model.set_grad_checkpointing(enable)
+        feat, taps = model.forward_features(x, keep)
+        (model.forward_head(feat).square().mean() + sum(t.mean() for t in taps)).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        assert len(calls) == (2 if enable else 1)  # checkpointed: the block runs again in the backward pass
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert all(s.grad_checkpointing for s in create_model(name, grad_checkpointing=True).modules()
+               if isinstance(s, BlockStage))
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -294,8 +294,9 @@ def test_prompt_is_generated_from_visible_positions_only():
 def test_gradient_checkpointing_changes_no_numbers():
     torch.manual_seed(0)
     plain = promptir_tiny(masked=True)
-    ckpt = promptir_tiny(masked=True, grad_checkpoint=True)
+    ckpt = promptir_tiny(masked=True)
     ckpt.load_state_dict(plain.state_dict())
+    ckpt.set_grad_checkpointing()
     x, keep = torch.rand(1, 3, 32, 32), fixed_keep(1, (4, 4))
     grads = []
     for model in (plain, ckpt):

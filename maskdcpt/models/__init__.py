@@ -1,10 +1,12 @@
 """Backbones (dense and masked), the degradation classifier, the MaskDCPT wrapper and checkpoint loading."""
+from .base import Backbone
 from .checkpoint import LoadReport, load_pretrained, read_state_dict, save_safetensors
 from .classifier import DegradationClassifier
 from .maskdcpt import MaskDCPT, MaskDCPTOutput, ReconstructionHead, build_maskdcpt
 from .registry import create_model, list_models, register_model
 
 __all__ = [
+    "Backbone",
     "create_model",
     "list_models",
     "register_model",

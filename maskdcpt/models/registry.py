@@ -26,10 +26,14 @@ def list_models(pattern: str = "") -> list[str]:
     return sorted(name for name in _MODELS if pattern in name)
 
 
-def create_model(name: str, masked: bool = False, **overrides) -> nn.Module:
+def create_model(name: str, masked: bool = False, grad_checkpointing: bool = False, **overrides) -> nn.Module:
     """Build a registered backbone; ``masked=True`` gives its sparse-aware masked form
-    (identical state_dict keys and shapes). ``overrides`` replace constructor arguments."""
+    (identical state_dict keys and shapes). ``overrides`` replace constructor arguments;
+    ``grad_checkpointing=True`` calls ``model.set_grad_checkpointing()``."""
     _ensure_loaded()
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS))}")
-    return _MODELS[name](masked=masked, **overrides)
+    model = _MODELS[name](masked=masked, **overrides)
+    if grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
