@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from maskdcpt.models import create_model, load_pretrained, read_state_dict, save_safetensors
+from maskdcpt.models.checkpoint import unwrap_state_dict
 from maskdcpt.models.nafnet import checkpoint_filter_fn
 
 torch.set_num_threads(1)
@@ -89,6 +90,32 @@ def test_asked_key_wins_over_the_other_wrapper(tmp_path):
     assert torch.equal(model.intro.weight, a["intro.weight"])
     load_pretrained(model, path)
     assert torch.equal(model.intro.weight, b["intro.weight"])
+
+
+def test_swinir_5d_loads_params_where_the_others_load_params_ema(tmp_path):
+    """The release's SwinIR-5D config loads 'params' (METHOD.md §13). The loader used to take 'params_ema' before
+    SwinIR's own param_key was looked at; the registry's default config now names the key."""
+    small = dict(embed_dim=6, depths=(1, 1), num_heads=(1, 1))  # the registered 'swinir', shrunk
+    torch.manual_seed(0)
+    params = create_model("swinir", **small).state_dict()
+    ema = {k: v + 1.0 for k, v in params.items()}
+    path = tmp_path / "swinir_5d.pth"
+    torch.save({"params": params, "params_ema": ema}, path)
+    model = create_model("swinir", **small)
+    report = load_pretrained(model, path)
+    assert report.source_key == "params"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in params.items())
+    load_pretrained(model, path, key="params_ema")  # an explicit key still wins
+    assert torch.equal(model.conv_first.weight, ema["conv_first.weight"])
+
+
+def test_unwrap_falls_back_from_the_asked_key_and_strips_ddp():
+    a, b = {"module.w": torch.zeros(1)}, {"w": torch.ones(1)}
+    assert unwrap_state_dict({"params": a}, "params_ema") == ({"w": a["module.w"]}, "params")
+    assert unwrap_state_dict({"params_ema": b}, "params")[1] == "params_ema"
+    assert unwrap_state_dict({"params": a, "params_ema": b}, "params")[0] == {"w": a["module.w"]}
+    assert unwrap_state_dict({"state_dict": b, "epoch": 3})[1] == "state_dict"
+    assert unwrap_state_dict(b) == (b, None)
 
 
 def test_bare_state_dict_and_safetensors_round_trip(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskdcpt.models import MaskDCPT, ReconstructionHead, build_maskdcpt, create_model, list_models
+from maskdcpt.models import Backbone, MaskDCPT, ReconstructionHead, build_maskdcpt, create_model, get_model_cfg, list_models
 from maskdcpt.models.base import BlockStage
 from maskdcpt.models.classifier import DegradationClassifier
 from maskdcpt.models.masking import mask_like, random_keep_map
@@ -81,6 +81,17 @@ def test_release_configuration_parameter_counts(family):
     masked = _build_for_counting(names[0], masked=True)
     shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     assert [(k, tuple(v.shape)) for k, v in masked.state_dict().items()] == shapes
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_follows_the_backbone_contract_and_its_default_cfg(name):
+    model = _build_for_counting(name)
+    cfg = get_model_cfg(name)
+    assert isinstance(model, Backbone) and model.default_cfg is cfg
+    assert (model.stride, list(model.tap_dims), model.tap_downsample) == (cfg.stride, list(cfg.tap_dims), cfg.tap_downsample)
+    stem = model.get_submodule(cfg.stem)
+    assert isinstance(stem, torch.nn.Conv2d) and stem.in_channels == model.in_chans == 3
+    assert cfg.param_key == ("params" if name.startswith("swinir") else "params_ema")
 
 
 def test_nafnet_layout_and_taps():

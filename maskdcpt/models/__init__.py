@@ -3,11 +3,13 @@ from .base import Backbone
 from .checkpoint import LoadReport, load_pretrained, read_state_dict, save_safetensors
 from .classifier import DegradationClassifier
 from .maskdcpt import MaskDCPT, MaskDCPTOutput, ReconstructionHead, build_maskdcpt
-from .registry import create_model, list_models, register_model
+from .registry import ModelCfg, create_model, get_model_cfg, list_models, register_model
 
 __all__ = [
     "Backbone",
+    "ModelCfg",
     "create_model",
+    "get_model_cfg",
     "list_models",
     "register_model",
     "load_pretrained",

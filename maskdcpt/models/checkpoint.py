@@ -9,15 +9,16 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
 
-__all__ = ["LoadReport", "read_state_dict", "load_pretrained", "save_safetensors"]
+__all__ = ["LoadReport", "unwrap_state_dict", "read_state_dict", "load_pretrained", "save_safetensors"]
 
 StateDict = dict[str, torch.Tensor]
 _LIST_LIMIT = 20  # names listed per category in an error message
+WRAPPER_KEYS = ("params_ema", "params", "state_dict")  # BasicSR's EMA / plain weights; Lightning-style files
 
 
 @dataclass
@@ -69,10 +70,28 @@ def _is_state_dict(obj: object) -> bool:
     )
 
 
+def unwrap_state_dict(obj: Any, key: str = "params_ema", source: str = "checkpoint") -> tuple[StateDict, str | None]:
+    """The state_dict inside a loaded checkpoint: ``obj[key]``, else the first of ``params_ema``, ``params``,
+    ``state_dict`` present (the release's loader falls back from the asked key the same way), else ``obj`` itself.
+    A leading ``module.`` (DDP) is stripped from every key. Returns (state_dict, the wrapper key used or None);
+    ``source`` names the file in the error raised when no name → tensor mapping is found."""
+    order = [key, *(k for k in WRAPPER_KEYS if k != key)]
+    used = next((k for k in order if isinstance(obj, Mapping) and isinstance(obj.get(k), Mapping)), None)
+    state = obj if used is None else obj[used]
+    if not _is_state_dict(state):
+        top = list(obj.keys())[:10] if isinstance(obj, Mapping) else type(obj).__name__
+        raise ValueError(
+            f"{source}: no state_dict found under {order[0]!r} or {', '.join(map(repr, order[1:]))}, and the file "
+            f"is not a bare name→tensor mapping (top level: {top})"
+        )
+    prefix = "module."
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}, used
+
+
 def read_state_dict(path: str | Path, key: str = "params_ema") -> tuple[StateDict, str | None]:
-    """Read the tensors of a checkpoint: ``.safetensors``, or a ``.pth`` holding ``{key: state_dict}`` (falling back
-    to ``params`` when ``key`` is absent, as the release's loader does) or a bare state_dict. A leading ``module.``
-    (DDP) is stripped from every key. Returns (state_dict, the wrapper key used or None)."""
+    """Read the tensors of a checkpoint: ``.safetensors``, or a ``.pth`` holding a wrapped or bare state_dict
+    (see ``unwrap_state_dict``; the one place that takes wrappers off). Returns (state_dict, the wrapper key used
+    or None)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -81,25 +100,10 @@ def read_state_dict(path: str | Path, key: str = "params_ema") -> tuple[StateDic
         from safetensors.torch import load_file
 
         try:
-            state, used = load_file(str(path), device="cpu"), None
+            return load_file(str(path), device="cpu"), None
         except SafetensorError as err:
             raise ValueError(f"{path}: not a valid safetensors file: {err}") from None
-    else:
-        obj = _torch_load(path)
-        if isinstance(obj, Mapping) and key in obj:
-            state, used = obj[key], key
-        elif isinstance(obj, Mapping) and "params" in obj:
-            state, used = obj["params"], "params"
-        else:
-            state, used = obj, None
-        if not _is_state_dict(state):
-            top = list(obj.keys())[:10] if isinstance(obj, Mapping) else type(obj).__name__
-            raise ValueError(
-                f"{path}: no state_dict found under {key!r} or 'params', and the file is not a bare "
-                f"name→tensor mapping (top level: {top})"
-            )
-    prefix = "module."
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}, used
+    return unwrap_state_dict(_torch_load(path), key, source=str(path))
 
 
 def default_filter_fn(model: nn.Module) -> Callable[[StateDict, nn.Module], StateDict] | None:
@@ -111,16 +115,19 @@ def load_pretrained(
     model: nn.Module,
     path: str | Path,
     strict: bool = True,
-    key: str = "params_ema",
+    key: str | None = None,
     filter_fn: Callable[[StateDict, nn.Module], StateDict] | None = None,
 ) -> LoadReport:
     """Load a checkpoint into ``model`` and report what matched, by name.
 
+    ``key``: the wrapper key of a ``.pth`` (default: the model's ``default_cfg.param_key``, else ``params_ema``).
     ``filter_fn(state_dict, model)`` maps a foreign layout onto the model's names; by default the
     ``checkpoint_filter_fn`` of the model's own module is used when it defines one. ``strict=True`` raises a
     ValueError listing every missing, unexpected and mis-shaped key and copies nothing; ``strict=False`` copies the
     keys that match in name and shape and returns the report of the rest.
     """
+    if key is None:
+        key = getattr(getattr(model, "default_cfg", None), "param_key", "params_ema")
     state, used = read_state_dict(path, key)
     filter_fn = filter_fn or default_filter_fn(model)
     if filter_fn is not None:

@@ -24,9 +24,11 @@ import torch.nn as nn
 
 from .base import Backbone, BlockStage
 from .masking import LayerNorm2d, apply_mask
-from .registry import register_model
+from .registry import ModelCfg, register_model
 
-__all__ = ["NAFNet", "NAFBlock", "NAFStage", "checkpoint_filter_fn", "nafnet_5d", "nafnet_w32", "nafnet_tiny"]
+__all__ = [
+    "NAFNet", "NAFBlock", "NAFStage", "checkpoint_filter_fn", "default_cfgs", "nafnet_5d", "nafnet_w32", "nafnet_tiny",
+]
 
 
 class SimpleGate(nn.Module):
@@ -202,6 +204,14 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module |
             parts = [head, "blocks", *parts[1:]]
         out[".".join(parts)] = value
     return out
+
+
+# Release checkpoints of NAFNet load from 'params_ema' (every MaskDCPT test config).
+default_cfgs = {
+    "nafnet_5d": ModelCfg(stem="intro", stride=16, tap_dims=(64, 128, 256, 512)),
+    "nafnet_w32": ModelCfg(stem="intro", stride=16, tap_dims=(32, 64, 128, 256)),
+    "nafnet_tiny": ModelCfg(stem="intro", stride=16, tap_dims=(8, 16, 32, 64)),
+}
 
 
 @register_model

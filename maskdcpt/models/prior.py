@@ -20,12 +20,15 @@ IMAGE_CHANNELS = 3
 
 
 def stem_name(model: nn.Module) -> str:
-    """The first convolution reading the 3 image channels (NAFNet ``intro``, Restormer/PromptIR
-    ``patch_embed.proj``, SwinIR ``conv_first``)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and module.in_channels == IMAGE_CHANNELS:
-            return name
-    raise ValueError(f"{type(model).__name__} has no convolution with {IMAGE_CHANNELS} input channels to widen")
+    """The convolution reading the image, as the model's registry config names it (NAFNet ``intro``,
+    Restormer/PromptIR ``patch_embed.proj``, SwinIR ``conv_first``)."""
+    cfg = getattr(model, "default_cfg", None)
+    if cfg is None:
+        raise ValueError(f"{type(model).__name__} has no default_cfg naming its stem: build it with create_model(name)")
+    stem = model.get_submodule(cfg.stem)
+    if not isinstance(stem, nn.Conv2d) or stem.in_channels != IMAGE_CHANNELS:
+        raise ValueError(f"{type(model).__name__}.{cfg.stem} is not a convolution over {IMAGE_CHANNELS} image channels")
+    return cfg.stem
 
 
 class PriorStem(nn.Conv2d):

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .masking import apply_mask
-from .registry import register_model
+from .registry import ModelCfg, register_model
 from .restormer import (
     Downsample,
     PatchEmbed,
@@ -38,7 +38,9 @@ from .restormer import (
     make_config,
 )
 
-__all__ = ["PromptGenBlock", "PromptIR", "PromptIRConfig", "checkpoint_filter_fn", "promptir", "promptir_tiny"]
+__all__ = [
+    "PromptGenBlock", "PromptIR", "PromptIRConfig", "checkpoint_filter_fn", "default_cfgs", "promptir", "promptir_tiny",
+]
 
 
 class PromptGenBlock(nn.Module):
@@ -157,6 +159,13 @@ class PromptIR(RestorationUNetBase):
 
         dec1 = self.decoder_level1(torch.cat([self.up2_1(tap1, m2), enc1], dim=1), m1)
         return self.refinement(dec1, m1), [tap1, tap2, tap3]
+
+
+# Release checkpoints of PromptIR load from 'params_ema' (every MaskDCPT test config).
+default_cfgs = {
+    "promptir": ModelCfg(stem="patch_embed.proj", stride=8, tap_dims=(96, 192, 192)),
+    "promptir_tiny": ModelCfg(stem="patch_embed.proj", stride=8, tap_dims=(16, 32, 32)),
+}
 
 
 @register_model

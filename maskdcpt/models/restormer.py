@@ -33,7 +33,7 @@ from timm.layers import trunc_normal_
 
 from .base import Backbone, BlockStage
 from .masking import LayerNorm2d, apply_mask
-from .registry import register_model
+from .registry import ModelCfg, register_model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,15 +279,6 @@ class Restormer(RestorationUNetBase):
 _STAGE_NAMES = r"(encoder_level\d|latent|decoder_level\d|refinement|noise_level\d)"
 
 
-def unwrap_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Take BasicSR's ``params_ema`` (else ``params``) wrapper off and strip a DDP ``module.`` prefix."""
-    for key in ("params_ema", "params", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], Mapping):
-            state_dict = state_dict[key]
-            break
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
-
-
 def map_dcpt_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename the DCPT release / original Restormer-PromptIR layout onto ours.
 
@@ -317,20 +308,28 @@ def map_dcpt_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a Restormer/PromptIR checkpoint of any known layout onto ``model``'s key names.
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a Restormer/PromptIR state_dict of any known layout onto ``model``'s key names.
 
-    Unwraps BasicSR's ``params_ema``/``params``, strips ``module.`` and renames the DCPT layout (see
+    Takes the state_dict itself (``maskdcpt.models.checkpoint.read_state_dict`` has already taken
+    off BasicSR's wrapper and DDP's ``module.``) and renames the DCPT layout (see
     ``map_dcpt_layout``; BiasFree norms raise ``ValueError``). Names only: keys that fit nothing
     (e.g. biases of a bias=True checkpoint given to a bias=False model) pass through unchanged, so
     the loader (``maskdcpt.models.checkpoint.load_pretrained``) names them.
     """
     del model  # every known layout maps without looking at the target
-    return map_dcpt_layout(unwrap_state_dict(state_dict))
+    return map_dcpt_layout(state_dict)
 
 
 # ---------------------------------------------------------------------------------------------
 # Registered variants
+
+
+# Release checkpoints of Restormer load from 'params_ema' (every MaskDCPT test config).
+default_cfgs = {
+    "restormer": ModelCfg(stem="patch_embed.proj", stride=8, tap_dims=(96, 96, 192)),
+    "restormer_tiny": ModelCfg(stem="patch_embed.proj", stride=8, tap_dims=(16, 16, 32)),
+}
 
 
 @register_model

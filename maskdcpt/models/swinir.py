@@ -29,7 +29,7 @@ from timm.layers import DropPath, Mlp, trunc_normal_
 
 from .base import Backbone, BlockStage
 from .masking import apply_mask, mask_like
-from .registry import register_model
+from .registry import ModelCfg, register_model
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -340,26 +340,20 @@ class SwinIR(Backbone):
         return out + self.mean.to(out) if self.mean_shift else out
 
 
-def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: SwinIR,
-                         param_key: str = "params") -> dict[str, torch.Tensor]:
-    """Map a SwinIR checkpoint onto ``model``'s key names.
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: SwinIR) -> dict[str, torch.Tensor]:
+    """Map a SwinIR state_dict onto ``model``'s key names.
 
-    The release's layout passes unchanged. The original SwinIR's layout (all RSTBs in one
-    ``layers`` list, plus relative-position tables, their index buffers and shift masks, which
-    the release removed) is renamed to ``encode_layers.i`` / ``decode_layers{i}`` and the removed
-    entries are dropped. Unwraps BasicSR's ``{'params': …, 'params_ema': …}`` (``param_key``
-    first, the other as fallback; the release's SwinIR-5D config loads ``params``) and strips
-    ``module.``. Keys that fit nothing pass through unchanged, so the loader
-    (``maskdcpt.models.checkpoint.load_pretrained``) can name them.
+    Takes the state_dict itself: ``maskdcpt.models.checkpoint.read_state_dict`` has already taken
+    off BasicSR's wrapper (``default_cfgs``' ``param_key``: the release's SwinIR-5D config loads
+    ``params``) and DDP's ``module.``. The release's layout passes unchanged. The original SwinIR's
+    layout (all RSTBs in one ``layers`` list, plus relative-position tables, their index buffers
+    and shift masks, which the release removed) is renamed to ``encode_layers.i`` /
+    ``decode_layers{i}`` and the removed entries are dropped. Keys that fit nothing pass through
+    unchanged, so the loader (``maskdcpt.models.checkpoint.load_pretrained``) can name them.
     """
-    wrappers = [k for k in (param_key, "params", "params_ema") if k in state_dict]
-    if wrappers:
-        state_dict = state_dict[wrappers[0]]
     n_half = model.num_layers // 2
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        if key.startswith("module."):
-            key = key[len("module."):]
         if key.endswith(_REMOVED_KEY_SUFFIXES):
             continue
         parts = key.split(".", 2)
@@ -368,6 +362,14 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: SwinIR,
             key = f"encode_layers.{i}.{parts[2]}" if i < n_half else f"decode_layers{i - n_half}.{parts[2]}"
         out[key] = value
     return out
+
+
+# The release's SwinIR-5D test config names no param_key, so BasicSR loads 'params' (METHOD.md §13);
+# the tiny variant follows its family.
+default_cfgs = {
+    "swinir": ModelCfg(stem="conv_first", stride=8, tap_dims=(180,) * 3, tap_downsample=True, param_key="params"),
+    "swinir_tiny": ModelCfg(stem="conv_first", stride=8, tap_dims=(24,) * 3, tap_downsample=True, param_key="params"),
+}
 
 
 @register_model
