@@ -13,8 +13,8 @@ import sys
 import torch
 
 from maskdcpt.evaluation.evaluate import EvalConfig, evaluate
-from maskdcpt.evaluation.loading import load_restorer
 from maskdcpt.launch import add_launcher_args, launch_tool
+from maskdcpt.models.checkpoint import load_restorer
 
 
 def main(argv=None) -> int:

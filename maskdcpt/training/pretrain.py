@@ -20,9 +20,9 @@ from ..config import load_config
 from ..data.config import DataConfig
 from ..losses import focal_loss, masked_l1, supervised_contrastive_loss
 from ..models import build_maskdcpt
+from ..models.checkpoint import save_weights
 from ..models.maskdcpt import MaskDCPTOutput
 from ..models.masking import random_keep_map
-from .checkpoint import save_weights
 from .distributed import DistInfo, gather_with_grad
 from .logging import TensorBoardLogger, confusion_matrix, image_grid, render_confusion
 from .optim import OptimConfig, ParamGroup

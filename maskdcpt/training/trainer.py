@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
+from ..models.checkpoint import save_weights
+from .checkpoint import load_state, rng_state, save_state, set_rng_state
 from .distributed import DistInfo, all_reduce_mean, all_reduce_sum
 from .logging import TensorBoardLogger
 from .optim import OptimConfig, ParamGroup, build_optimizer, build_scheduler
