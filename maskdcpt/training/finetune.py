@@ -22,7 +22,7 @@ from ..models.prior import add_prior_channels
 from .distributed import DistInfo
 from .ema import ModelEMA
 from .logging import TensorBoardLogger, image_grid
-from .optim import OptimConfig, ParamGroup
+from .optim import OptimConfig, ParamGroup, weight_decay_groups
 from .pretrain import RunConfig
 from .run import run_task
 from .trainer import StepOutput, TrainConfig
@@ -123,7 +123,7 @@ class FinetuneTask:
         self.ema = ModelEMA(self.model, cfg.ema_decay)
 
     def param_groups(self, optim: OptimConfig) -> list[ParamGroup]:
-        return [ParamGroup("restorer", list(self.model.parameters()), optim.lr, optim.weight_decay)]
+        return weight_decay_groups("restorer", self.model.named_parameters(), optim.lr, optim.weight_decay)
 
     def _input(self, batch: dict[str, Any]) -> torch.Tensor:
         if self.cfg.model.prior_channels:

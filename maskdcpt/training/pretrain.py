@@ -25,7 +25,7 @@ from ..models.maskdcpt import MaskDCPTOutput
 from ..models.masking import random_keep_map
 from .distributed import DistInfo, gather_with_grad
 from .logging import TensorBoardLogger, confusion_matrix, image_grid, render_confusion
-from .optim import OptimConfig, ParamGroup
+from .optim import OptimConfig, ParamGroup, weight_decay_groups
 from .run import run_task
 from .trainer import StepOutput, TrainConfig
 
@@ -143,11 +143,11 @@ class PretrainTask:
 
     # parameter groups: DCPT trains G and the classifier with their own AdamW settings
     def param_groups(self, optim: OptimConfig) -> list[ParamGroup]:
-        classifier = [p for n, p in self.model.named_parameters() if n.startswith("classifier.")]
-        others = [p for n, p in self.model.named_parameters() if not n.startswith("classifier.")]
+        classifier = [(n, p) for n, p in self.model.named_parameters() if n.startswith("classifier.")]
+        others = [(n, p) for n, p in self.model.named_parameters() if not n.startswith("classifier.")]
         return [
-            ParamGroup("backbone", others, optim.lr, optim.weight_decay),
-            ParamGroup("classifier", classifier, optim.classifier_lr, optim.classifier_weight_decay),
+            *weight_decay_groups("backbone", others, optim.lr, optim.weight_decay),
+            *weight_decay_groups("classifier", classifier, optim.classifier_lr, optim.classifier_weight_decay),
         ]
 
     def step(self, model: nn.Module, batch: dict[str, Any], step: int) -> StepOutput:
