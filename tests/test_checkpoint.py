@@ -1,15 +1,23 @@
-"""Checkpoint loading: release layouts, wrappers and prefixes, reports by name, and refusal of executable pickles."""
+"""Weight files: release layouts, wrappers and prefixes, reports by name, refusal of executable pickles, atomic
+writes, and where the checkpoint code lives."""
 from __future__ import annotations
 
+import ast
 import os
 import pickle
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 
-from maskdcpt.models import create_model, load_pretrained, read_state_dict, save_safetensors
+from maskdcpt.models import create_model, load_pretrained, load_restorer, read_state_dict, save_weights
+from maskdcpt.models.checkpoint import atomic_write, read_metadata, unwrap_state_dict
 from maskdcpt.models.nafnet import checkpoint_filter_fn
+from maskdcpt.training.checkpoint import load_state, save_state
+from maskdcpt.training.finetune import load_pretrained_weights
+
+ROOT = Path(__file__).resolve().parents[1]
 
 torch.set_num_threads(1)
 
@@ -91,11 +99,40 @@ def test_asked_key_wins_over_the_other_wrapper(tmp_path):
     assert torch.equal(model.intro.weight, b["intro.weight"])
 
 
+def test_swinir_5d_loads_params_where_the_others_load_params_ema(tmp_path):
+    """The release's SwinIR-5D config loads 'params' (METHOD.md §13). The loader used to take 'params_ema' before
+    SwinIR's own param_key was looked at; the registry's default config now names the key."""
+    small = dict(embed_dim=6, depths=(1, 1), num_heads=(1, 1))  # the registered 'swinir', shrunk
+    torch.manual_seed(0)
+    params = create_model("swinir", **small).state_dict()
+    ema = {k: v + 1.0 for k, v in params.items()}
+    path = tmp_path / "swinir_5d.pth"
+    torch.save({"params": params, "params_ema": ema}, path)
+    model = create_model("swinir", **small)
+    report = load_pretrained(model, path)
+    assert report.source_key == "params"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in params.items())
+    restorer = load_restorer(path, arch="swinir", arch_kwargs=small)  # evaluation and fine-tuning ask the same key
+    assert torch.equal(restorer.conv_first.weight, params["conv_first.weight"])
+    assert "(key 'params')" in load_pretrained_weights(create_model("swinir", **small), str(path))
+    load_pretrained(model, path, key="params_ema")  # an explicit key still wins
+    assert torch.equal(model.conv_first.weight, ema["conv_first.weight"])
+
+
+def test_unwrap_falls_back_from_the_asked_key_and_strips_ddp():
+    a, b = {"module.w": torch.zeros(1)}, {"w": torch.ones(1)}
+    assert unwrap_state_dict({"params": a}, "params_ema") == ({"w": a["module.w"]}, "params")
+    assert unwrap_state_dict({"params_ema": b}, "params")[1] == "params_ema"
+    assert unwrap_state_dict({"params": a, "params_ema": b}, "params")[0] == {"w": a["module.w"]}
+    assert unwrap_state_dict({"state_dict": b, "epoch": 3})[1] == "state_dict"
+    assert unwrap_state_dict(b) == (b, None)
+
+
 def test_bare_state_dict_and_safetensors_round_trip(tmp_path):
     torch.manual_seed(0)
     source = create_model("nafnet_tiny")
     torch.save(source.state_dict(), tmp_path / "bare.pth")
-    save_safetensors(source, tmp_path / "ours.safetensors")
+    save_weights(source, tmp_path / "ours.safetensors")
     for name in ("bare.pth", "ours.safetensors"):
         target = create_model("nafnet_tiny")
         report = load_pretrained(target, tmp_path / name)
@@ -193,3 +230,59 @@ def test_corrupt_and_unstructured_files_are_value_errors(tmp_path):
         read_state_dict(bad)
     with pytest.raises(FileNotFoundError):
         read_state_dict(tmp_path / "absent.pth")
+
+
+def test_training_state_is_read_weights_only(tmp_path):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "last.ckpt"
+    torch.save({"step": 1, "x": _Payload(str(marker))}, path)
+    with pytest.raises(ValueError, match="last.ckpt"):
+        load_state(path)
+    assert not marker.exists()
+    save_state({"step": 2, "model": {"w": torch.ones(2)}}, path)
+    assert load_state(path)["step"] == 2
+
+
+def test_a_failed_write_leaves_the_previous_file(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_weights({"a": torch.ones(2)}, path, {"step": 3, "name": "x"})
+    before = path.read_bytes()
+
+    def killed(tmp: str) -> None:
+        Path(tmp).write_bytes(b"half a file")
+        raise KeyboardInterrupt  # what a signal looks like mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, killed)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+    assert read_metadata(path) == {"step": "3", "name": "x"}  # non-strings stored as JSON
+    with pytest.raises(ValueError, match="must end in .safetensors"):
+        save_weights({"a": torch.ones(2)}, tmp_path / "w.pth")
+
+
+def _imports(file: Path) -> set[str]:
+    """The absolute module names ``file`` (in maskdcpt/) imports, relative imports resolved."""
+    package = list(file.relative_to(ROOT).with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            names.add(".".join([*base, *(node.module or "").split(".")]).strip("."))
+    return names
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("models", ("maskdcpt.training", "maskdcpt.evaluation", "maskdcpt.launch", "maskdcpt.data")),
+    ("training", ("maskdcpt.evaluation", "maskdcpt.launch")),
+])
+def test_layering_models_import_nothing_of_training_and_training_nothing_of_evaluation(package, forbidden):
+    for file in sorted((ROOT / "maskdcpt" / package).glob("*.py")):
+        bad = sorted(n for n in _imports(file) if n.startswith(forbidden))
+        assert not bad, f"{file.relative_to(ROOT)} imports {bad}"
+
+
+def test_torch_load_lives_in_one_module():
+    users = sorted(str(f.relative_to(ROOT)) for f in (ROOT / "maskdcpt").rglob("*.py") if "torch.load(" in f.read_text())
+    assert users == ["maskdcpt/models/checkpoint.py"]

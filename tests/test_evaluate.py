@@ -14,10 +14,10 @@ import torch.nn as nn
 
 from maskdcpt.evaluation import lpips as lpips_module
 from maskdcpt.evaluation.evaluate import EvalConfig, evaluate, load_tasks, pair_images
-from maskdcpt.evaluation.loading import load_restorer, save_restorer
 from maskdcpt.evaluation.metrics import psnr, ssim
 from maskdcpt.evaluation.niqe import niqe
 from maskdcpt.evaluation.restore import read_rgb, restore_image
+from maskdcpt.models.checkpoint import load_restorer, save_restorer
 
 REPO = Path(__file__).resolve().parents[1]
 

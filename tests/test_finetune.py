@@ -11,10 +11,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from maskdcpt.evaluation.loading import load_restorer
 from maskdcpt.models import build_maskdcpt, create_model
+from maskdcpt.models.checkpoint import load_restorer, save_weights
 from maskdcpt.models.prior import add_prior_channels
-from maskdcpt.training.checkpoint import save_weights
 from maskdcpt.training.distributed import DistInfo
 from maskdcpt.training.finetune import FinetuneTask, load_finetune_config, load_pretrained_weights
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskdcpt.models import MaskDCPT, ReconstructionHead, build_maskdcpt, create_model, list_models
+from maskdcpt.models import Backbone, MaskDCPT, ReconstructionHead, build_maskdcpt, create_model, get_model_cfg, list_models
+from maskdcpt.models.base import BlockStage
 from maskdcpt.models.classifier import DegradationClassifier
 from maskdcpt.models.masking import mask_like, random_keep_map
 
@@ -80,6 +81,17 @@ def test_release_configuration_parameter_counts(family):
     masked = _build_for_counting(names[0], masked=True)
     shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     assert [(k, tuple(v.shape)) for k, v in masked.state_dict().items()] == shapes
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_follows_the_backbone_contract_and_its_default_cfg(name):
+    model = _build_for_counting(name)
+    cfg = get_model_cfg(name)
+    assert isinstance(model, Backbone) and model.default_cfg is cfg
+    assert (model.stride, list(model.tap_dims), model.tap_downsample) == (cfg.stride, list(cfg.tap_dims), cfg.tap_downsample)
+    stem = model.get_submodule(cfg.stem)
+    assert isinstance(stem, torch.nn.Conv2d) and stem.in_channels == model.in_chans == 3
+    assert cfg.param_key == ("params" if name.startswith("swinir") else "params_ema")
 
 
 def test_nafnet_layout_and_taps():
@@ -168,6 +180,29 @@ def test_leak_hidden_pixels_never_reach_visible_positions(name):
         d1, _ = dense.forward_features(x1)
         d2, _ = dense.forward_features(x2)
     assert not torch.equal(d1 * pix[:, :1], d2 * pix[:, :1])
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_grad_checkpointing_recomputes_blocks_and_gives_the_same_gradients(name):
+    torch.manual_seed(0)
+    model = _randomize(create_model(name, masked=True)).train()
+    stages = [m for m in model.modules() if isinstance(m, BlockStage)]
+    calls, block = [], stages[0].blocks[0]
+    block.forward = lambda *args, _forward=block.forward: calls.append(1) or _forward(*args)  # count its runs
+    x = _input(model, batch=1, cells=2)
+    keep = torch.tensor([[[[1.0, 0.0], [1.0, 1.0]]]])
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        calls.clear()
+        model.set_grad_checkpointing(enable)
+        feat, taps = model.forward_features(x, keep)
+        (model.forward_head(feat).square().mean() + sum(t.mean() for t in taps)).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        assert len(calls) == (2 if enable else 1)  # checkpointed: the block runs again in the backward pass
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert all(s.grad_checkpointing for s in create_model(name, grad_checkpointing=True).modules()
+               if isinstance(s, BlockStage))
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -303,7 +338,7 @@ def test_maskdcpt_state_dict_and_encoder_transfer():
     assert sum(p.numel() for p in model.parameters()) == n_backbone + n_classifier
     assert {k.split(".")[0] for k in model.state_dict()} == {"backbone", "classifier"}
     dense = create_model("nafnet_tiny")
-    dense.load_state_dict(model.encoder_state_dict(), strict=True)
+    dense.load_state_dict(model.backbone.state_dict(), strict=True)  # what the encoder export writes
     assert isinstance(model.classifier, DegradationClassifier) and model.classifier.tap_dims == [8, 16, 32, 64]
 
 

@@ -13,7 +13,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from maskdcpt.training.optim import cosine_factor
+from maskdcpt.training.distributed import DistInfo
+from maskdcpt.training.optim import build_optimizer, cosine_factor, weight_decay_groups
 from maskdcpt.training.pretrain import PretrainTask, keep_maps, load_pretrain_config
 from maskdcpt.training.trainer import NonFiniteLossError, Trainer
 
@@ -163,6 +164,31 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
     assert trainer.skipped == 3
     # no update was applied
     assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
+
+
+def test_weight_decay_spares_norms_biases_and_1d_parameters():
+    cfg = load_pretrain_config(None, ["optim.weight_decay=0.5", "optim.classifier_weight_decay=0.25"])
+    task = PretrainTask(cfg, DistInfo())
+    groups = {g.name: g for g in task.param_groups(cfg.optim)}
+    assert list(groups) == ["backbone", "backbone_no_decay", "classifier", "classifier_no_decay"]
+    assert [groups[n].weight_decay for n in groups] == [0.5, 0.0, 0.25, 0.0]
+    names = {id(p): n for n, p in task.model.named_parameters()}
+    exempt = {names[id(p)] for g in groups.values() if g.name.endswith("_no_decay") for p in g.params}
+    assert exempt == {n for n, p in task.model.named_parameters() if p.ndim <= 1 or n.endswith(".bias")}
+    assert {"classifier.mixing_weights", "classifier.fc.bias", "backbone.intro.bias"} <= exempt
+    assert "backbone.encoders.0.blocks.0.norm1.weight" in exempt and "classifier.fc.weight" not in exempt
+    assert sum(len(g.params) for g in groups.values()) == len(names)
+    # with zero gradients AdamW changes only what it decays
+    optimizer = build_optimizer(list(groups.values()), cfg.optim)
+    before = {n: p.detach().clone() for n, p in task.model.named_parameters()}
+    for p in task.model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for n, p in task.model.named_parameters():
+        assert torch.equal(p, before[n]) == (n in exempt or not p.abs().sum()), n
+    # a group without weight decay is not split (the release's backbone recipe, fine-tuning)
+    linear = torch.nn.Linear(2, 2)
+    assert [g.name for g in weight_decay_groups("restorer", linear.named_parameters(), 1e-3, 0.0)] == ["restorer"]
 
 
 def test_keep_maps_depend_only_on_seed_and_sample_index():

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from maskdcpt.models.checkpoint import unwrap_state_dict
 from maskdcpt.models.masking import LayerNorm2d, random_keep_map
 from maskdcpt.models.promptir import PromptGenBlock, promptir, promptir_tiny
 from maskdcpt.models.restormer import (
@@ -294,8 +295,9 @@ def test_prompt_is_generated_from_visible_positions_only():
 def test_gradient_checkpointing_changes_no_numbers():
     torch.manual_seed(0)
     plain = promptir_tiny(masked=True)
-    ckpt = promptir_tiny(masked=True, grad_checkpoint=True)
+    ckpt = promptir_tiny(masked=True)
     ckpt.load_state_dict(plain.state_dict())
+    ckpt.set_grad_checkpointing()
     x, keep = torch.rand(1, 3, 32, 32), fixed_keep(1, (4, 4))
     grads = []
     for model in (plain, ckpt):
@@ -321,11 +323,13 @@ def to_dcpt_layout(state_dict: dict, stage_infix: str) -> dict:
     return out
 
 
-def test_checkpoint_filter_unwraps_basicsr_and_ddp():
+def test_loader_unwraps_basicsr_and_ddp_and_the_filter_keeps_our_layout():
     torch.manual_seed(0)
     src, dst = promptir_tiny(), promptir_tiny(masked=True)
     wrapped = {"params_ema": {f"module.{k}": v for k, v in src.state_dict().items()}, "params": {}}
-    dst.load_state_dict(checkpoint_filter_fn(wrapped, dst), strict=True)
+    state, used = unwrap_state_dict(wrapped)
+    assert used == "params_ema"
+    dst.load_state_dict(checkpoint_filter_fn(state, dst), strict=True)
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
 
 
@@ -336,7 +340,7 @@ def test_checkpoint_filter_maps_dcpt_withbias_layout(factory, infix):
     dcpt = to_dcpt_layout(src.state_dict(), infix)
     assert "encoder_level1.blocks.0.norm1.weight" not in dcpt and "down1_2.body.0.weight" in dcpt
     dst = factory(bias=False)
-    dst.load_state_dict(checkpoint_filter_fn({"params": dcpt}, dst), strict=True)
+    dst.load_state_dict(checkpoint_filter_fn(dcpt, dst), strict=True)
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskdcpt.models.checkpoint import load_pretrained
+from maskdcpt.models.checkpoint import load_pretrained, unwrap_state_dict
 from maskdcpt.models.registry import _MODELS
 from maskdcpt.models.swinir import (
     RGB_MEAN,
@@ -294,7 +294,7 @@ def test_checkpoint_filter_loads_original_swinir_layout():
     assert any(k.startswith("module.layers.5.") for k in original)
     ckpt = {"params": original, "params_ema": {}}
     dst = swinir_tiny(masked=True)
-    dst.load_state_dict(checkpoint_filter_fn(ckpt, dst), strict=True)
+    dst.load_state_dict(checkpoint_filter_fn(unwrap_state_dict(ckpt, "params")[0], dst), strict=True)
     for (k, a), (k2, b) in zip(src.state_dict().items(), dst.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
     # the release layout passes through unchanged

@@ -16,8 +16,8 @@ import torch
 
 from maskdcpt.config import format_override, load_config
 from maskdcpt.evaluation.evaluate import EvalConfig, evaluate
-from maskdcpt.evaluation.loading import load_restorer
 from maskdcpt.launch import add_launcher_args, launch_tool
+from maskdcpt.models.checkpoint import load_restorer
 
 
 def build_parser() -> argparse.ArgumentParser:

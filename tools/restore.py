@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from maskdcpt.evaluation.loading import load_restorer
 from maskdcpt.evaluation.restore import restore_path
+from maskdcpt.models.checkpoint import load_restorer
 
 
 def main(argv=None) -> int:

@@ -151,7 +151,7 @@ def combine_weights(backbone_path: str | os.PathLike, lins_path: str | os.PathLi
                     out: str | os.PathLike) -> Path:
     """Write one LPIPS weights file (``.safetensors``) from a torchvision backbone checkpoint and the ``lpips``
     package's linear layers (e.g. ``alexnet-owt-7be5be79.pth`` + ``lpips/weights/v0.1/alex.pth``)."""
-    from maskdcpt.models import save_safetensors
+    from maskdcpt.models import save_weights
 
     state = _to_model_keys(_read_tensors(Path(backbone_path)) | _read_tensors(Path(lins_path)), Path(backbone_path))
-    return save_safetensors(state, out, metadata={"format": "maskdcpt-lpips"})
+    return save_weights(state, out, metadata={"format": "maskdcpt-lpips"})

@@ -1,27 +1,33 @@
-"""A small, exactly reproducible DDP training that checks a cluster end to end.
+"""A small, exactly reproducible DDP training on the real trainer that checks a cluster end to end.
 
-Linear regression y = x·w* + b* trained with SGD + momentum across all ranks of the job (gloo on CPU,
-nccl on GPU). It does what the real trainers do at the scale of milliseconds: reads its distributed
-set-up from the environment, checkpoints every ``train.checkpoint_every`` steps to
-``RUN_DIR/checkpoints/last.ckpt``, resumes from it, and writes ``RUN_DIR/weights.safetensors`` and
-``RUN_DIR/metrics.json``. Each step's batch depends only on (seed, step, rank), so a run that is
-interrupted and resumed ends with bit-identical weights. Launch it to check a new cluster:
+Linear regression y = x·w* + 0.5 as a :class:`~maskdcpt.training.trainer.Trainer` task, across all ranks of the job
+(gloo on CPU, nccl on GPU), at a constant learning rate. Passing it exercises, at the scale of milliseconds, the
+path pre-training and fine-tuning take: the distributed set-up read from the environment, the trainer's DDP step,
+checkpoints every ``train.checkpoint_every`` steps to ``RUN_DIR/checkpoints/last.ckpt``, resume, the export
+(``RUN_DIR/weights.safetensors``) and ``RUN_DIR/metrics.json``. Each step's batch depends only on (seed, step,
+rank), so a run that is interrupted and resumed ends with bit-identical weights (on CPU). Launch it to check a new
+cluster:
 
     python -m maskdcpt.launch.cluster_check --launcher slurm --nodes 2 --tasks-per-node 2 run.output_dir=/shared/runs
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
-import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
-import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
 
 from maskdcpt.config import load_config
+from maskdcpt.models.checkpoint import save_weights
+from maskdcpt.training.distributed import DistInfo, cleanup_distributed, init_distributed
+from maskdcpt.training.optim import OptimConfig, ParamGroup
+from maskdcpt.training.trainer import StepOutput, Task, TrainConfig, Trainer, resolve_device
 
 
 @dataclasses.dataclass
@@ -31,22 +37,30 @@ class RunSection:
 
 
 @dataclasses.dataclass
-class TrainSection:
+class CheckTrainConfig(TrainConfig):
+    """The trainer's settings at the check's scale, plus the regression's size and a pause per step."""
+
     max_steps: int = 20
+    batch_size: int = 16  # global: split over the ranks
+    log_every: int = 1
+    image_every: int = 0
     checkpoint_every: int = 5
-    batch_size: int = 16
+    progress: bool = False
     features: int = 8
-    lr: float = 0.05
-    momentum: float = 0.9
-    seed: int = 0
     # Pause after every step: gives tests and operators time to preempt a running job.
     step_sleep_s: float = 0.0
+
+
+def _constant_lr() -> OptimConfig:
+    # min_lr = lr: the schedule is flat, so a run stopped early follows the same rates as an uninterrupted one
+    return OptimConfig(lr=0.05, min_lr=0.05)
 
 
 @dataclasses.dataclass
 class ClusterCheckConfig:
     run: RunSection = dataclasses.field(default_factory=RunSection)
-    train: TrainSection = dataclasses.field(default_factory=TrainSection)
+    train: CheckTrainConfig = dataclasses.field(default_factory=CheckTrainConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=_constant_lr)
 
 
 def load_cluster_check_config(path: str | None = None, overrides: Sequence[str] = ()) -> ClusterCheckConfig:
@@ -57,71 +71,75 @@ def run_dir(cfg: ClusterCheckConfig) -> Path:
     return Path(cfg.run.output_dir) / cfg.run.name
 
 
-def _batch(cfg: TrainSection, step: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs (batch_size, features) and targets (batch_size, 1) of one rank at one step."""
-    truth = torch.Generator().manual_seed(cfg.seed)
-    w_true = torch.randn(cfg.features, 1, generator=truth)
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 4099 + rank)
-    x = torch.randn(cfg.batch_size, cfg.features, generator=g)
-    return x, x @ w_true + 0.5
+class _Batches:
+    """This rank's endless batches from ``start_step`` on: x (batch_size / world_size, features), y (…, 1).
+    Synthetic data has no files to skip."""
+
+    skipped = 0
+
+    def __init__(self, cfg: CheckTrainConfig, dist: DistInfo, start_step: int):
+        self.cfg, self.dist, self.start_step = cfg, dist, start_step
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        cfg = self.cfg
+        w_true = torch.randn(cfg.features, 1, generator=torch.Generator().manual_seed(cfg.seed))
+        per_rank = cfg.batch_size // self.dist.world_size
+        for step in itertools.count(self.start_step):
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 4099 + self.dist.rank)
+            x = torch.randn(per_rank, cfg.features, generator=g)
+            yield {"x": x, "y": x @ w_true + 0.5}
+
+    def log_skips(self) -> None:
+        pass
 
 
-def _save_atomically(obj: dict, path: Path) -> None:
-    # A preemption may kill the job while it writes: never leave a truncated last.ckpt behind.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+class RegressionTask(Task):
+    """Mean squared error of a linear layer; exports its weights as ``weights.safetensors``."""
+
+    def __init__(self, cfg: CheckTrainConfig):
+        self.cfg = cfg
+        self.model = nn.Linear(cfg.features, 1)
+        self.last_loss = float("nan")
+
+    def param_groups(self, optim: OptimConfig) -> list[ParamGroup]:
+        return [ParamGroup("linear", list(self.model.parameters()), optim.lr, optim.weight_decay)]
+
+    def step(self, model: nn.Module, batch: dict[str, Any], step: int) -> StepOutput:
+        loss = F.mse_loss(model(batch["x"]).float(), batch["y"])
+        self.last_loss = float(loss.detach())
+        return StepOutput(loss, {"loss/total": loss}, {})
+
+    def after_step(self, step: int) -> None:
+        if self.cfg.step_sleep_s > 0:
+            time.sleep(self.cfg.step_sleep_s)
+
+    def export(self, run_dir: Path) -> None:
+        save_weights(self.model, run_dir / "weights.safetensors")
 
 
 def run_cluster_check(cfg: ClusterCheckConfig, resume: bool | str = "auto") -> dict:
-    """Train; returns this rank's metrics (``rank``, ``world_size``, ``start_step``, ``loss``, ``weights``)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    folder = run_dir(cfg)
-    ckpt_path = folder / "checkpoints" / "last.ckpt"
+    """Train; returns this rank's metrics (``rank``, ``world_size``, ``start_step``, ``step``, ``loss``, ``weights``)
+    and writes rank 0's to ``RUN_DIR/metrics.json``."""
     tc = cfg.train
-
-    torch.manual_seed(tc.seed)
-    model = torch.nn.Linear(tc.features, 1)
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum)
-
-    start_step = 0
-    resume_from = Path(resume) if isinstance(resume, str) and resume != "auto" else ckpt_path
-    if resume is not False and (resume_from.is_file() or resume is True):
-        state = torch.load(resume_from, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step = int(state["step"])
-
-    loss = torch.tensor(float("nan"))
-    for step in range(start_step, tc.max_steps):
-        x, y = _batch(tc, step, rank)
-        loss = torch.nn.functional.mse_loss(ddp(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        done = step + 1
-        if rank == 0 and (done % tc.checkpoint_every == 0 or done == tc.max_steps):
-            _save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done}, ckpt_path)
-        if tc.step_sleep_s > 0:
-            time.sleep(tc.step_sleep_s)
-
-    weights = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
-    metrics = {"rank": rank, "world_size": world_size, "start_step": start_step, "step": tc.max_steps,
-               "loss": float(loss.detach()), "weights": weights}
-    if rank == 0:
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "weights.safetensors"))
-        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    if world_size > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return metrics
+    folder = run_dir(cfg)
+    dist = init_distributed(resolve_device(tc.device).type)
+    try:
+        torch.manual_seed(tc.seed)  # initialisation (DDP broadcasts rank 0's anyway)
+        task = RegressionTask(tc)
+        trainer = Trainer(task, tc, cfg.optim, folder, lambda start: _Batches(tc, dist, start), dist)
+        trainer.maybe_resume(resume)
+        start_step = trainer.step
+        trainer.fit(resume=False)  # already resumed above
+        weights = torch.cat([p.detach().flatten() for p in task.model.parameters()]).cpu().tolist()
+        metrics = {"rank": dist.rank, "world_size": dist.world_size, "start_step": start_step, "step": trainer.step,
+                   "loss": task.last_loss, "weights": weights}
+        if dist.is_main:
+            (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if dist.enabled:
+            torch.distributed.barrier()  # every rank returns after rank 0 has written the run's files
+        return metrics
+    finally:
+        cleanup_distributed()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     add_launcher_args(parser)
     args = parser.parse_args(argv)
-    launch("cluster_check", args.config, args.overrides, args)
+    if launch("cluster_check", args.config, args.overrides, args) is None:  # --launcher none: run here
+        print(json.dumps(run_cluster_check(load_cluster_check_config(args.config, args.overrides)), indent=2))
     return 0
 
 

@@ -1,16 +1,22 @@
-"""Backbones (dense and masked), the degradation classifier, the MaskDCPT wrapper and checkpoint loading."""
-from .checkpoint import LoadReport, load_pretrained, read_state_dict, save_safetensors
+"""Backbones (dense and masked), the degradation classifier, the MaskDCPT wrapper and weight files."""
+from .base import Backbone
+from .checkpoint import LoadReport, load_pretrained, load_restorer, read_state_dict, save_restorer, save_weights
 from .classifier import DegradationClassifier
 from .maskdcpt import MaskDCPT, MaskDCPTOutput, ReconstructionHead, build_maskdcpt
-from .registry import create_model, list_models, register_model
+from .registry import ModelCfg, create_model, get_model_cfg, list_models, register_model
 
 __all__ = [
+    "Backbone",
+    "ModelCfg",
     "create_model",
+    "get_model_cfg",
     "list_models",
     "register_model",
     "load_pretrained",
+    "load_restorer",
     "read_state_dict",
-    "save_safetensors",
+    "save_restorer",
+    "save_weights",
     "LoadReport",
     "MaskDCPT",
     "MaskDCPTOutput",

@@ -117,13 +117,6 @@ class MaskDCPT(nn.Module):
         reconstruction = self.head(feat)[..., :h, :w]
         return MaskDCPTOutput(reconstruction, logits, pooled, keep, self.patch_size)
 
-    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
-        """The backbone's weights: what fine-tuning loads (strictly) into the dense restorer."""
-        return self.backbone.state_dict()
-
-    def classifier_state_dict(self) -> dict[str, torch.Tensor]:
-        return self.classifier.state_dict()
-
 
 def build_maskdcpt(
     model_name: str,

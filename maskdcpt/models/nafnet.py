@@ -22,10 +22,13 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .masking import LayerNorm2d, apply_mask, pad_to_multiple
-from .registry import register_model
+from .base import Backbone, BlockStage
+from .masking import LayerNorm2d, apply_mask
+from .registry import ModelCfg, register_model
 
-__all__ = ["NAFNet", "NAFBlock", "NAFStage", "checkpoint_filter_fn", "nafnet_5d", "nafnet_w32", "nafnet_tiny"]
+__all__ = [
+    "NAFNet", "NAFBlock", "NAFStage", "checkpoint_filter_fn", "default_cfgs", "nafnet_5d", "nafnet_w32", "nafnet_tiny",
+]
 
 
 class SimpleGate(nn.Module):
@@ -86,20 +89,14 @@ class NAFBlock(nn.Module):
         return y + apply_mask(self.conv5(x), mask) * self.gamma
 
 
-class NAFStage(nn.Module):
+class NAFStage(BlockStage):
     """A run of ``depth`` NAF blocks at one resolution, held in ``.blocks`` (the release's ``NAFBlocks``)."""
 
     def __init__(self, channels: int, depth: int):
-        super().__init__()
-        self.blocks = nn.ModuleList(NAFBlock(channels) for _ in range(depth))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x, mask)
-        return x
+        super().__init__(NAFBlock(channels) for _ in range(depth))
 
 
-class NAFNet(nn.Module):
+class NAFNet(Backbone):
     """NAFNet U-Net restorer, (B, 3, H, W) in [0, 1] → (B, 3, H, W).
 
     ``stride`` = 2**len(enc_blocks) is the mask patch size and the multiple inputs of ``forward_features`` must have.
@@ -124,9 +121,9 @@ class NAFNet(nn.Module):
                 f"enc_blocks {list(enc_blocks)} and dec_blocks {list(dec_blocks)} must be non-empty and of equal length"
             )
         self.masked = masked
+        self.in_chans = img_channels
         self.levels = len(enc_blocks)
         self.stride = 2**self.levels
-        self.tap_downsample = False
 
         # Attribute order follows the release so state_dict keys come out in the same order.
         self.intro = nn.Conv2d(img_channels, width, kernel_size=3, padding=1, bias=True)
@@ -153,23 +150,6 @@ class NAFNet(nn.Module):
         """decoder0 … decoder{L-1}, deepest first (forward order)."""
         return [getattr(self, f"decoder{i}") for i in range(self.levels)]
 
-    def _level_masks(self, keep: torch.Tensor | None, x: torch.Tensor) -> list[torch.Tensor | None]:
-        """The keep map at every level's resolution: index l is H/2**l, l = 0 … L (L = the patch grid)."""
-        if keep is None:
-            return [None] * (self.levels + 1)
-        if not self.masked:
-            raise ValueError("this NAFNet was built dense (masked=False) and takes no keep map; build it with masked=True")
-        b, _, h, w = x.shape
-        grid = (h // self.stride, w // self.stride)
-        if keep.dim() != 4 or keep.shape[0] != b or keep.shape[1] != 1 or tuple(keep.shape[-2:]) != grid:
-            raise ValueError(f"keep map must have shape ({b}, 1, {grid[0]}, {grid[1]}) for input {tuple(x.shape)}, "
-                             f"got {tuple(keep.shape)}")
-        keep = keep.to(dtype=x.dtype)
-        masks = [keep]
-        for _ in range(self.levels):
-            masks.append(masks[-1].repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
-        return masks[::-1]
-
     def forward_features(
         self, x: torch.Tensor, keep: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -178,10 +158,8 @@ class NAFNet(nn.Module):
         Returns the last decoder's features (B, width, H, W) and the taps (decoder{L-1} … decoder0 outputs,
         (B, tap_dims[i], H/2**i, W/2**i)).
         """
-        h, w = x.shape[-2:]
-        if h % self.stride or w % self.stride:
-            raise ValueError(f"input size {h}x{w} is not a multiple of the stride {self.stride}; pad it first")
-        masks = self._level_masks(keep, x)
+        # masks[l]: the keep map at H/2**l, l = 0 … L (L = the patch grid)
+        masks = self.keep_pyramid(self.check_inputs(x, keep), x, self.levels)
         x = apply_mask(self.intro(apply_mask(x, masks[0])), masks[0])
         skips = []
         for level, (encoder, down) in enumerate(zip(self.encoders, self.downs)):
@@ -201,14 +179,6 @@ class NAFNet(nn.Module):
         """The output projection ``ending`` (B, width, H, W) → (B, 3, H, W), plus the global residual ``inp``."""
         out = self.ending(feat)
         return out if inp is None else out + inp
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Restore (B, 3, H, W) of any size: reflect-pad to ``stride``, run, crop. The residual is the input the
-        body saw (masked when ``keep`` is given; keep is then on the padded image's patch grid)."""
-        padded, (h, w) = pad_to_multiple(x, self.stride)
-        feat, _ = self.forward_features(padded, keep)
-        out = self.forward_head(feat, apply_mask(padded, keep))
-        return out[..., :h, :w]
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
@@ -234,6 +204,14 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module |
             parts = [head, "blocks", *parts[1:]]
         out[".".join(parts)] = value
     return out
+
+
+# Release checkpoints of NAFNet load from 'params_ema' (every MaskDCPT test config).
+default_cfgs = {
+    "nafnet_5d": ModelCfg(stem="intro", stride=16, tap_dims=(64, 128, 256, 512)),
+    "nafnet_w32": ModelCfg(stem="intro", stride=16, tap_dims=(32, 64, 128, 256)),
+    "nafnet_tiny": ModelCfg(stem="intro", stride=16, tap_dims=(8, 16, 32, 64)),
+}
 
 
 @register_model

@@ -20,12 +20,15 @@ IMAGE_CHANNELS = 3
 
 
 def stem_name(model: nn.Module) -> str:
-    """The first convolution reading the 3 image channels (NAFNet ``intro``, Restormer/PromptIR
-    ``patch_embed.proj``, SwinIR ``conv_first``)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and module.in_channels == IMAGE_CHANNELS:
-            return name
-    raise ValueError(f"{type(model).__name__} has no convolution with {IMAGE_CHANNELS} input channels to widen")
+    """The convolution reading the image, as the model's registry config names it (NAFNet ``intro``,
+    Restormer/PromptIR ``patch_embed.proj``, SwinIR ``conv_first``)."""
+    cfg = getattr(model, "default_cfg", None)
+    if cfg is None:
+        raise ValueError(f"{type(model).__name__} has no default_cfg naming its stem: build it with create_model(name)")
+    stem = model.get_submodule(cfg.stem)
+    if not isinstance(stem, nn.Conv2d) or stem.in_channels != IMAGE_CHANNELS:
+        raise ValueError(f"{type(model).__name__}.{cfg.stem} is not a convolution over {IMAGE_CHANNELS} image channels")
+    return cfg.stem
 
 
 class PriorStem(nn.Conv2d):
@@ -81,18 +84,20 @@ def add_prior_channels(model: nn.Module, extra_channels: int) -> nn.Module:
     return model
 
 
-def load_into_prior_model(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """Load plain (3-channel) weights into a widened model: the stem's first channels take the
-    checkpoint's, the prior channels stay as they are (zero when fresh). Strict otherwise.
-    Returns the names that are new by design."""
+def widen_stem_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The loader's hook for widened stems: plain (3-channel) weights for a model with prior channels.
+
+    The checkpoint's stem weight (C, 3, kh, kw) goes into the first 3 input channels of the model's
+    current one (C, 3 + k, kh, kw); the prior channels keep what they hold (zero when fresh). Returns
+    the state with that entry widened and the names that are new by design; a model without prior
+    channels, or a checkpoint already widened, passes unchanged."""
+    if not getattr(model, "prior_channels", 0):
+        return state, []
     name = f"{model.prior_stem_name}.weight"
-    own = model.state_dict()
-    if name in state and state[name].shape != own[name].shape:
-        widened = own[name].clone()
-        widened[:, : state[name].shape[1]] = state[name]
-        state = {**state, name: widened}
-        new = [f"{name}[:, {state[name].shape[1] - model.prior_channels}:] (prior channels, zero-initialised)"]
-    else:
-        new = []
-    model.load_state_dict(state, strict=True)
-    return new
+    own = model.state_dict()[name]
+    plain = state.get(name)
+    if plain is None or plain.shape == own.shape or plain.shape != (own.shape[0], IMAGE_CHANNELS, *own.shape[2:]):
+        return state, []
+    widened = own.clone()
+    widened[:, :IMAGE_CHANNELS] = plain
+    return {**state, name: widened}, [f"{name}[:, {IMAGE_CHANNELS}:] (prior channels, zero-initialised)"]

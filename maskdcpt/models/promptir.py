@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import register_model
+from .masking import apply_mask
+from .registry import ModelCfg, register_model
 from .restormer import (
     Downsample,
     PatchEmbed,
@@ -33,12 +34,13 @@ from .restormer import (
     TransformerBlock,
     TransformerStage,
     Upsample,
-    _masked,
     checkpoint_filter_fn,
     make_config,
 )
 
-__all__ = ["PromptGenBlock", "PromptIR", "PromptIRConfig", "checkpoint_filter_fn", "promptir", "promptir_tiny"]
+__all__ = [
+    "PromptGenBlock", "PromptIR", "PromptIRConfig", "checkpoint_filter_fn", "default_cfgs", "promptir", "promptir_tiny",
+]
 
 
 class PromptGenBlock(nn.Module):
@@ -64,7 +66,7 @@ class PromptGenBlock(nn.Module):
         weights = F.softmax(self.linear_layer(emb), dim=1)  # (B, prompt_len)
         prompt = torch.einsum("bl,lchw->bchw", weights, self.prompt_param[0].to(weights.dtype))
         prompt = F.interpolate(prompt, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return _masked(self.conv3x3(_masked(prompt, mask)), mask)
+        return apply_mask(self.conv3x3(apply_mask(prompt, mask)), mask)
 
 
 @dataclass
@@ -76,7 +78,6 @@ class PromptIRConfig(RestormerConfig):
     prompt_dims: tuple[int, int, int] = (64, 128, 320)  # prompt1 (H/2), prompt2 (H/4), prompt3 (H/8)
     prompt_len: int = 5
     prompt_sizes: tuple[int, int, int] = (64, 32, 16)
-    grad_checkpoint: bool = False
 
 
 class PromptIR(RestorationUNetBase):
@@ -93,12 +94,13 @@ class PromptIR(RestorationUNetBase):
         cfg = config or PromptIRConfig()
         self.config = cfg
         self.masked = masked
+        self.in_chans = cfg.in_channels
         d, nb, hd, ffn, bias = cfg.dim, cfg.num_blocks, cfg.heads, cfg.ffn_expansion_factor, cfg.bias
         p1, p2, p3 = cfg.prompt_dims
         s1, s2, s3 = cfg.prompt_sizes
 
         def stage(dim: int, heads: int, blocks: int) -> TransformerStage:
-            return TransformerStage(dim, heads, blocks, ffn, bias, cfg.grad_checkpoint)
+            return TransformerStage(dim, heads, blocks, ffn, bias)
 
         def conv1x1(cin: int, cout: int) -> nn.Conv2d:
             return nn.Conv2d(cin, cout, kernel_size=1, bias=bias)
@@ -139,7 +141,7 @@ class PromptIR(RestorationUNetBase):
     ) -> torch.Tensor:
         """concat(x, prompt(x)) → transformer block → 1×1 reduction (× mask: it carries a bias)."""
         x = block(torch.cat([x, prompt(x, mask)], dim=1), mask)
-        return _masked(reduce(x), mask)
+        return apply_mask(reduce(x), mask)
 
     def forward_features(
         self, x: torch.Tensor, keep: torch.Tensor | None = None
@@ -148,15 +150,22 @@ class PromptIR(RestorationUNetBase):
         tap3 = self._prompted(latent, m4, self.prompt3, self.noise_level3, self.reduce_noise_level3)
 
         dec3 = torch.cat([self.up4_3(tap3, m4), enc3], dim=1)
-        dec3 = self.decoder_level3(_masked(self.reduce_chan_level3(dec3), m3), m3)
+        dec3 = self.decoder_level3(apply_mask(self.reduce_chan_level3(dec3), m3), m3)
         tap2 = self._prompted(dec3, m3, self.prompt2, self.noise_level2, self.reduce_noise_level2)
 
         dec2 = torch.cat([self.up3_2(tap2, m3), enc2], dim=1)
-        dec2 = self.decoder_level2(_masked(self.reduce_chan_level2(dec2), m2), m2)
+        dec2 = self.decoder_level2(apply_mask(self.reduce_chan_level2(dec2), m2), m2)
         tap1 = self._prompted(dec2, m2, self.prompt1, self.noise_level1, self.reduce_noise_level1)
 
         dec1 = self.decoder_level1(torch.cat([self.up2_1(tap1, m2), enc1], dim=1), m1)
         return self.refinement(dec1, m1), [tap1, tap2, tap3]
+
+
+# Release checkpoints of PromptIR load from 'params_ema' (every MaskDCPT test config).
+default_cfgs = {
+    "promptir": ModelCfg(stem="patch_embed.proj", stride=8, tap_dims=(96, 192, 192)),
+    "promptir_tiny": ModelCfg(stem="patch_embed.proj", stride=8, tap_dims=(16, 32, 32)),
+}
 
 
 @register_model

@@ -28,17 +28,12 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from einops import rearrange
 from timm.layers import trunc_normal_
 
-from .masking import LayerNorm2d, apply_mask, pad_to_multiple
-from .registry import register_model
-
-
-def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """``x`` (B, C, H, W) times a mask already at its resolution (B, 1, H, W); identity when dense."""
-    return x if mask is None else x * mask.to(x.dtype)
+from .base import Backbone, BlockStage
+from .masking import LayerNorm2d, apply_mask
+from .registry import ModelCfg, register_model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,17 +58,17 @@ class ChannelAttention(nn.Module):
         h = x.shape[-2]
         qkv = self.qkv(x)
         if self.qkv.bias is not None:  # a bias would make hidden positions non-zero before the 3×3 conv
-            qkv = _masked(qkv, mask)
+            qkv = apply_mask(qkv, mask)
         # Re-mask after the 3×3 conv: it spreads visible values into hidden border positions, which
         # would otherwise enter the Gram matrix and the norms.
-        qkv = _masked(self.qkv_dwconv(qkv), mask)
+        qkv = apply_mask(self.qkv_dwconv(qkv), mask)
         q, k, v = rearrange(qkv, "b (three head c) h w -> three b head c (h w)", three=3, head=self.num_heads)
         q = F.normalize(q, dim=-1)
         k = F.normalize(k, dim=-1)
         attn = (q @ k.transpose(-2, -1)) * self.temperature
         out = attn.softmax(dim=-1) @ v
         out = rearrange(out, "b head c (h w) -> b (head c) h w", h=h)
-        return _masked(self.project_out(out), mask)
+        return apply_mask(self.project_out(out), mask)
 
 
 class GatedDconvFeedForward(nn.Module):
@@ -89,10 +84,10 @@ class GatedDconvFeedForward(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = self.project_in(x)
         if self.project_in.bias is not None:  # keep hidden positions 0 before the 3×3 conv
-            x = _masked(x, mask)
+            x = apply_mask(x, mask)
         # No mask after dwconv: everything after it is per-position until the final mask.
         x1, x2 = self.dwconv(x).chunk(2, dim=1)
-        return _masked(self.project_out(F.gelu(x1) * x2), mask)
+        return apply_mask(self.project_out(F.gelu(x1) * x2), mask)
 
 
 class TransformerBlock(nn.Module):
@@ -110,26 +105,11 @@ class TransformerBlock(nn.Module):
         return x + self.ffn(self.norm2(x, mask), mask)
 
 
-class TransformerStage(nn.Module):
+class TransformerStage(BlockStage):
     """A run of ``TransformerBlock``s at one resolution, held in ``.blocks`` as in the release."""
 
-    def __init__(
-        self, dim: int, num_heads: int, num_blocks: int, ffn_expansion_factor: float, bias: bool,
-        grad_checkpoint: bool = False,
-    ) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            TransformerBlock(dim, num_heads, ffn_expansion_factor, bias) for _ in range(num_blocks)
-        )
-        self.grad_checkpoint = grad_checkpoint
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        for block in self.blocks:
-            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, mask, use_reentrant=False)
-            else:
-                x = block(x, mask)
-        return x
+    def __init__(self, dim: int, num_heads: int, num_blocks: int, ffn_expansion_factor: float, bias: bool) -> None:
+        super().__init__(TransformerBlock(dim, num_heads, ffn_expansion_factor, bias) for _ in range(num_blocks))
 
 
 class PatchEmbed(nn.Module):
@@ -140,7 +120,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=3, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return _masked(self.proj(x), mask)
+        return apply_mask(self.proj(x), mask)
 
 
 class Downsample(nn.Module):
@@ -153,7 +133,7 @@ class Downsample(nn.Module):
         self.downsample = nn.PixelUnshuffle(2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.downsample(_masked(self.conv(x), mask))
+        return self.downsample(apply_mask(self.conv(x), mask))
 
 
 class Upsample(nn.Module):
@@ -166,44 +146,11 @@ class Upsample(nn.Module):
         self.upsample = nn.PixelShuffle(2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.upsample(_masked(self.conv(x), mask))
+        return self.upsample(apply_mask(self.conv(x), mask))
 
 
 # ---------------------------------------------------------------------------------------------
 # Shared plumbing of the Restormer-family U-Nets
-
-
-def pyramid_masks(keep: torch.Tensor | None, x: torch.Tensor, levels: int) -> list[torch.Tensor | None]:
-    """The keep map at full resolution and at each of ``levels - 1`` halvings of ``x`` (B, C, H, W);
-    all None when dense. Computed once per forward so blocks only multiply."""
-    if keep is None:
-        return [None] * levels
-    h, w = x.shape[-2:]
-    # Exact integer scale factors, so nearest up-sampling repeats each patch cell exactly.
-    return [F.interpolate(keep, size=(h >> i, w >> i), mode="nearest").to(x.dtype) for i in range(levels)]
-
-
-def check_inputs(model: nn.Module, x: torch.Tensor, keep: torch.Tensor | None) -> None:
-    """Raise ``ValueError`` unless x is (B, C, H, W) with H, W multiples of ``model.stride`` and
-    ``keep`` is None or (B, 1, H/stride, W/stride)."""
-    if x.ndim != 4:
-        raise ValueError(f"{type(model).__name__}: expected input (B, C, H, W), got shape {tuple(x.shape)}")
-    b, _, h, w = x.shape
-    p = model.stride
-    if h % p or w % p:
-        raise ValueError(
-            f"{type(model).__name__}.forward_features: input size {h}x{w} is not a multiple of the stride {p}; "
-            "use forward(), which pads"
-        )
-    if keep is None:
-        return
-    if not model.masked:
-        raise ValueError(f"{type(model).__name__}: a keep map was given to the dense model (build it with masked=True)")
-    if keep.shape != (b, 1, h // p, w // p):
-        raise ValueError(
-            f"{type(model).__name__}: keep map shape {tuple(keep.shape)} does not match the input; "
-            f"expected {(b, 1, h // p, w // p)} for input {tuple(x.shape)} and patch size {p}"
-        )
 
 
 def make_config(cls: type, base: Any, overrides: Mapping[str, Any]) -> Any:
@@ -215,21 +162,18 @@ def make_config(cls: type, base: Any, overrides: Mapping[str, Any]) -> Any:
     return dataclasses.replace(base, **overrides)
 
 
-class RestorationUNetBase(nn.Module):
-    """The contract's ``forward`` and ``forward_head`` for the Restormer family; subclasses define
-    ``forward_features`` and an ``output`` conv."""
+class RestorationUNetBase(Backbone):
+    """The encoder half and ``forward_head`` of the Restormer family; subclasses define
+    ``forward_features`` (the decoder half) and an ``output`` conv."""
 
     stride: int = 8
-    tap_downsample: bool = False
-    masked: bool
     output: nn.Conv2d
 
     def encode(self, x: torch.Tensor, keep: torch.Tensor | None):
-        """The encoder half both families share: the per-level masks (m1..m4, None when dense) and
-        the encoder features enc1..enc3 and the latent."""
-        check_inputs(self, x, keep)
-        m1, m2, m3, m4 = pyramid_masks(keep, x, 4)
-        enc1 = self.encoder_level1(self.patch_embed(_masked(x, m1), m1), m1)
+        """The encoder half both families share: the per-level masks (m1..m4 at H … H/8, None when
+        dense) and the encoder features enc1..enc3 and the latent."""
+        m1, m2, m3, m4 = self.keep_pyramid(self.check_inputs(x, keep), x, 3)
+        enc1 = self.encoder_level1(self.patch_embed(apply_mask(x, m1), m1), m1)
         enc2 = self.encoder_level2(self.down1_2(enc1, m1), m2)
         enc3 = self.encoder_level3(self.down2_3(enc2, m2), m3)
         latent = self.latent(self.down3_4(enc3, m3), m4)
@@ -239,16 +183,6 @@ class RestorationUNetBase(nn.Module):
         """``output`` conv on the final features (B, 2·dim, H, W) → (B, out, H, W), plus ``inp`` if given."""
         out = self.output(feat)
         return out if inp is None else out + inp
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Restore x (B, 3, H, W) of any size: reflect-pad to a multiple of 8, run, crop back.
-
-        For the masked model, ``keep`` is on the padded grid (B, 1, ceil(H/8), ceil(W/8)) and the
-        global residual adds the masked input, so hidden pixels never reach the output.
-        """
-        xp, (h, w) = pad_to_multiple(x, self.stride)
-        feat, _ = self.forward_features(xp, keep)
-        return self.forward_head(feat, inp=apply_mask(xp, keep))[..., :h, :w]
 
 
 def init_conv_weights(module: nn.Module) -> None:
@@ -277,7 +211,6 @@ class RestormerConfig:
     # The release hard-codes bias-free attention/FFN convs and applies ``bias`` only to
     # ``reduce_chan_level*`` and ``output``; at the release value (False) both readings agree.
     bias: bool = False
-    grad_checkpoint: bool = False  # activation checkpointing per block, to save memory in training
 
 
 class Restormer(RestorationUNetBase):
@@ -294,10 +227,11 @@ class Restormer(RestorationUNetBase):
         cfg = config or RestormerConfig()
         self.config = cfg
         self.masked = masked
+        self.in_chans = cfg.in_channels
         d, nb, hd, ffn, bias = cfg.dim, cfg.num_blocks, cfg.heads, cfg.ffn_expansion_factor, cfg.bias
 
         def stage(dim: int, heads: int, blocks: int) -> TransformerStage:
-            return TransformerStage(dim, heads, blocks, ffn, bias, cfg.grad_checkpoint)
+            return TransformerStage(dim, heads, blocks, ffn, bias)
 
         self.patch_embed = PatchEmbed(cfg.in_channels, d)
         self.encoder_level1 = stage(d, hd[0], nb[0])
@@ -335,7 +269,7 @@ class Restormer(RestorationUNetBase):
     @staticmethod
     def _reduce(conv: nn.Conv2d, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         y = conv(x)
-        return y if conv.bias is None else _masked(y, mask)  # only a bias can make hidden positions non-zero
+        return y if conv.bias is None else apply_mask(y, mask)  # only a bias can make hidden positions non-zero
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,15 +277,6 @@ class Restormer(RestorationUNetBase):
 
 
 _STAGE_NAMES = r"(encoder_level\d|latent|decoder_level\d|refinement|noise_level\d)"
-
-
-def unwrap_state_dict(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Take BasicSR's ``params_ema`` (else ``params``) wrapper off and strip a DDP ``module.`` prefix."""
-    for key in ("params_ema", "params", "state_dict"):
-        if key in state_dict and isinstance(state_dict[key], Mapping):
-            state_dict = state_dict[key]
-            break
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state_dict.items()}
 
 
 def map_dcpt_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -383,20 +308,28 @@ def map_dcpt_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Map a Restormer/PromptIR checkpoint of any known layout onto ``model``'s key names.
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a Restormer/PromptIR state_dict of any known layout onto ``model``'s key names.
 
-    Unwraps BasicSR's ``params_ema``/``params``, strips ``module.`` and renames the DCPT layout (see
+    Takes the state_dict itself (``maskdcpt.models.checkpoint.read_state_dict`` has already taken
+    off BasicSR's wrapper and DDP's ``module.``) and renames the DCPT layout (see
     ``map_dcpt_layout``; BiasFree norms raise ``ValueError``). Names only: keys that fit nothing
     (e.g. biases of a bias=True checkpoint given to a bias=False model) pass through unchanged, so
     the loader (``maskdcpt.models.checkpoint.load_pretrained``) names them.
     """
     del model  # every known layout maps without looking at the target
-    return map_dcpt_layout(unwrap_state_dict(state_dict))
+    return map_dcpt_layout(state_dict)
 
 
 # ---------------------------------------------------------------------------------------------
 # Registered variants
+
+
+# Release checkpoints of Restormer load from 'params_ema' (every MaskDCPT test config).
+default_cfgs = {
+    "restormer": ModelCfg(stem="patch_embed.proj", stride=8, tap_dims=(96, 96, 192)),
+    "restormer_tiny": ModelCfg(stem="patch_embed.proj", stride=8, tap_dims=(16, 16, 32)),
+}
 
 
 @register_model

@@ -24,12 +24,12 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from einops import rearrange
 from timm.layers import DropPath, Mlp, trunc_normal_
 
-from .masking import apply_mask, mask_like, pad_to_multiple
-from .registry import register_model
+from .base import Backbone, BlockStage
+from .masking import apply_mask, mask_like
+from .registry import ModelCfg, register_model
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -138,27 +138,18 @@ class SwinTransformerBlock(nn.Module):
         return x if keep is None else x * keep
 
 
-class BasicLayer(nn.Module):
-    """``depth`` Swin blocks; odd blocks shift by half a window. Holds ``.blocks`` (release name)."""
+class BasicLayer(BlockStage):
+    """``depth`` Swin blocks on (B, H, W, C) with a keep map (B, H, W, 1) or None; odd blocks shift
+    by half a window. Holds ``.blocks`` (release name)."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, window: int, mlp_ratio: float,
                  qkv_bias: bool, qk_scale: float | None, drop: float, attn_drop: float,
                  drop_path: list[float], mask_keys: bool) -> None:
-        super().__init__()
-        self.grad_checkpointing = False
-        self.blocks = nn.ModuleList(
+        super().__init__(
             SwinTransformerBlock(dim, num_heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio,
                                  qkv_bias, qk_scale, drop, attn_drop, drop_path[i], mask_keys)
             for i in range(depth)
         )
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, keep, use_reentrant=False)
-            else:
-                x = block(x, keep)
-        return x
 
 
 class RSTB(nn.Module):
@@ -208,7 +199,7 @@ def _residual_conv(dim: int, resi_connection: str) -> nn.Module:
     raise ValueError(f"resi_connection must be '1conv' or '3conv', got {resi_connection!r}")
 
 
-class SwinIR(nn.Module):
+class SwinIR(Backbone):
     """SwinIR restorer (upscale 1), dense or sparse-aware masked.
 
     Args:
@@ -260,6 +251,8 @@ class SwinIR(nn.Module):
         if window_size < 2:
             raise ValueError(f"window_size must be >= 2, got {window_size}")
         self.masked = masked
+        self.global_residual = not masked  # the masked release model adds no input residual
+        self.in_chans = in_chans
         self.mean_shift = (not masked) if mean_shift is None else mean_shift
         self.img_range = img_range
         self.window_size = window_size
@@ -304,29 +297,6 @@ class SwinIR(nn.Module):
         """The decode RSTBs in forward order (RSTB 3, 4, 5 at the release config)."""
         return [getattr(self, f"decode_layers{i}") for i in range(self.num_layers // 2)]
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each Swin block in the backward pass (the release's ``use_checkpoint``)."""
-        for rstb in [*self.encode_layers, *self.decode_layers]:
-            rstb.residual_group.grad_checkpointing = enable
-
-    def _check_inputs(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor | None:
-        # a stem widened for prior channels (models/prior.py) still takes the image's channels here
-        channels = getattr(self.conv_first, "image_channels", self.conv_first.in_channels)
-        if x.ndim != 4 or x.shape[1] != channels:
-            raise ValueError(f"input must be (B, {channels}, H, W), got {tuple(x.shape)}")
-        b, _, h, w = x.shape
-        if h % self.stride or w % self.stride:
-            raise ValueError(f"input size {h}x{w} is not a multiple of the stride {self.stride}; "
-                             "use forward(), which pads")
-        if keep is None:
-            return x.new_ones(b, 1, h // self.stride, w // self.stride) if self.masked else None
-        if not self.masked:
-            raise ValueError("the dense SwinIR takes no keep map; build it with masked=True")
-        grid = (b, 1, h // self.stride, w // self.stride)
-        if tuple(keep.shape) != grid:
-            raise ValueError(f"keep map must have shape {grid} for input {tuple(x.shape)}, got {tuple(keep.shape)}")
-        return keep.to(x.dtype)  # the release's keep maps are bool
-
     def forward_features(self, x: torch.Tensor, keep: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x (B, 3, H, W) in [0, 1], H and W multiples of ``stride``; keep (B, 1, H/P, W/P) or None.
@@ -335,7 +305,9 @@ class SwinIR(nn.Module):
         and the decode-RSTB outputs as (B, C, H, W) maps in classifier order (last RSTB first).
         Masked: both are exactly 0 at hidden positions.
         """
-        keep = self._check_inputs(x, keep)
+        keep = self.check_inputs(x, keep)
+        if keep is None and self.masked:  # the masked model runs with everything visible (as released)
+            keep = x.new_ones(x.shape[0], 1, x.shape[2] // self.stride, x.shape[3] // self.stride)
         if self.mean_shift:
             x = x - self.mean.to(x)
         x = x * self.img_range
@@ -367,38 +339,21 @@ class SwinIR(nn.Module):
             return out + inp
         return out + self.mean.to(out) if self.mean_shift else out
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """Restore x (B, 3, H, W) of any size: reflect-pad to a multiple of ``stride``, crop back.
 
-        The dense model adds the global input residual; the masked model does not (as
-        released). A keep map must be given on the padded grid, (B, 1, ⌈H/P⌉, ⌈W/P⌉).
-        """
-        padded, (h, w) = pad_to_multiple(x, self.stride)
-        feat, _ = self.forward_features(padded, keep)
-        out = self.forward_head(feat, None if self.masked else padded)
-        return out[..., :h, :w]
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: SwinIR) -> dict[str, torch.Tensor]:
+    """Map a SwinIR state_dict onto ``model``'s key names.
 
-
-def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: SwinIR,
-                         param_key: str = "params") -> dict[str, torch.Tensor]:
-    """Map a SwinIR checkpoint onto ``model``'s key names.
-
-    The release's layout passes unchanged. The original SwinIR's layout (all RSTBs in one
-    ``layers`` list, plus relative-position tables, their index buffers and shift masks, which
-    the release removed) is renamed to ``encode_layers.i`` / ``decode_layers{i}`` and the removed
-    entries are dropped. Unwraps BasicSR's ``{'params': …, 'params_ema': …}`` (``param_key``
-    first, the other as fallback; the release's SwinIR-5D config loads ``params``) and strips
-    ``module.``. Keys that fit nothing pass through unchanged, so the loader
-    (``maskdcpt.models.checkpoint.load_pretrained``) can name them.
+    Takes the state_dict itself: ``maskdcpt.models.checkpoint.read_state_dict`` has already taken
+    off BasicSR's wrapper (``default_cfgs``' ``param_key``: the release's SwinIR-5D config loads
+    ``params``) and DDP's ``module.``. The release's layout passes unchanged. The original SwinIR's
+    layout (all RSTBs in one ``layers`` list, plus relative-position tables, their index buffers
+    and shift masks, which the release removed) is renamed to ``encode_layers.i`` /
+    ``decode_layers{i}`` and the removed entries are dropped. Keys that fit nothing pass through
+    unchanged, so the loader (``maskdcpt.models.checkpoint.load_pretrained``) can name them.
     """
-    wrappers = [k for k in (param_key, "params", "params_ema") if k in state_dict]
-    if wrappers:
-        state_dict = state_dict[wrappers[0]]
     n_half = model.num_layers // 2
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        if key.startswith("module."):
-            key = key[len("module."):]
         if key.endswith(_REMOVED_KEY_SUFFIXES):
             continue
         parts = key.split(".", 2)
@@ -407,6 +362,14 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: SwinIR,
             key = f"encode_layers.{i}.{parts[2]}" if i < n_half else f"decode_layers{i - n_half}.{parts[2]}"
         out[key] = value
     return out
+
+
+# The release's SwinIR-5D test config names no param_key, so BasicSR loads 'params' (METHOD.md §13);
+# the tiny variant follows its family.
+default_cfgs = {
+    "swinir": ModelCfg(stem="conv_first", stride=8, tap_dims=(180,) * 3, tap_downsample=True, param_key="params"),
+    "swinir_tiny": ModelCfg(stem="conv_first", stride=8, tap_dims=(24,) * 3, tap_downsample=True, param_key="params"),
+}
 
 
 @register_model

@@ -1,53 +1,29 @@
-"""Checkpoints written atomically: a temporary file in the same folder, then ``os.replace``.
+"""The trainer's state in ``*.ckpt``: step, weights, optimiser, schedule, task state and RNG.
 
-A run killed at any instant leaves either the previous checkpoint or the new one, never a
-half-written file. Training state goes in ``*.ckpt`` (torch.save of tensors and plain types
-only, so it loads with ``weights_only=True``); model weights also go to ``*.safetensors``.
+Written with torch.save of tensors and plain types only, so it reads back with ``weights_only=True``; written and
+read through the weight files' module (``maskdcpt/models/checkpoint.py``: ``atomic_write``, ``torch_load``), so a run
+killed at any instant leaves the previous checkpoint or the new one and a foreign pickle is refused. Model weights
+for other tools go to ``*.safetensors`` with ``maskdcpt.models.checkpoint.save_weights``.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors.torch import save_file
 
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from ..models.checkpoint import atomic_write, torch_load
 
 
 def save_state(state: Mapping[str, Any], path: str | Path) -> None:
-    _atomic_write(Path(path), lambda tmp: torch.save(dict(state), tmp))
+    atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
 
 
 def load_state(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: name it
-        raise ValueError(f"cannot load checkpoint {str(path)!r}: {err}") from None
-
-
-def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
-    """Weights as safetensors; metadata values are stored as JSON strings."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    state = torch_load(path)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a training checkpoint (a {type(state).__name__}, not a dict)")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

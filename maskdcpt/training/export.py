@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import load_state, save_weights
+from ..models.checkpoint import save_weights
+from .checkpoint import load_state
 
 
 def export_encoder(run_dir: str | Path, out: str | Path, checkpoint: str | Path | None = None) -> tuple[Path, int]:

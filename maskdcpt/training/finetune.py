@@ -19,12 +19,12 @@ from degradations import EngineConfig
 from ..config import load_config
 from ..data.config import DataConfig
 from ..models import create_model
-from ..models.checkpoint import default_filter_fn, read_state_dict
-from ..models.prior import add_prior_channels, load_into_prior_model
+from ..models.checkpoint import load_pretrained, save_restorer
+from ..models.prior import add_prior_channels
 from .distributed import DistInfo
 from .ema import ModelEMA
 from .logging import TensorBoardLogger, image_grid
-from .optim import OptimConfig, ParamGroup
+from .optim import OptimConfig, ParamGroup, weight_decay_groups
 from .run import RunConfig, run_task
 from .trainer import StepOutput, Task, TrainConfig
 
@@ -54,7 +54,9 @@ def _five_d_engine() -> EngineConfig:
 class FinetuneConfig:
     model: RestorerConfig = field(default_factory=RestorerConfig)
     pretrained: str = "none"  # none | encoder .safetensors | pre-training run folder | release .pth
-    pretrained_key: str = "params_ema"  # wrapper key of a release .pth (falls back to 'params')
+    # wrapper key of a release .pth; None: the model's release key (default_cfg.param_key; SwinIR 'params',
+    # the others 'params_ema'), falling back to the other wrapper
+    pretrained_key: str | None = None
     ema_decay: float = 0.999
     optim: OptimConfig = field(default_factory=_finetune_optim)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -92,33 +94,16 @@ def _pretrained_file(spec: str) -> Path:
     return path
 
 
-def load_pretrained_weights(model: nn.Module, spec: str, key: str = "params_ema") -> str:
-    """Load ``spec`` strictly into the dense restorer; returns a report of what was loaded."""
+def load_pretrained_weights(model: nn.Module, spec: str, key: str | None = None) -> str:
+    """Load ``spec`` strictly into the dense restorer (``key``: see ``FinetuneConfig.pretrained_key``); returns a
+    report of what was loaded."""
     if spec.lower() == "none":
         return "pretrained: none — training from scratch"
     path = _pretrained_file(spec)
-    state, used = read_state_dict(path, key)
-    filter_fn = default_filter_fn(model)
-    if filter_fn is not None:
-        state = filter_fn(state, model)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    stem = f"{model.prior_stem_name}.weight" if getattr(model, "prior_channels", 0) else None
-    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape and k != stem]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"{path}: does not match {type(model).__name__} strictly — missing {missing[:10]}, unexpected "
-            f"{unexpected[:10]}, mis-shaped {mismatched[:10]} ({len(missing)}/{len(unexpected)}/{len(mismatched)})"
-        )
-    if stem:
-        new = load_into_prior_model(model, state)
-    else:
-        model.load_state_dict(state, strict=True)
-        new = []
-    lines = [f"pretrained: loaded all {len(state)} tensors of {type(model).__name__} from {path}"
-             + (f" (key {used!r})" if used else "")]
-    lines.append("new by design: " + (", ".join(new) if new else "nothing"))
+    report = load_pretrained(model, path, strict=True, key=key)
+    lines = [f"pretrained: loaded all {len(report.loaded)} tensors of {type(model).__name__} from {path}"
+             + (f" (key {report.source_key!r})" if report.source_key else "")]
+    lines.append("new by design: " + (", ".join(report.new) if report.new else "nothing"))
     return "\n".join(lines)
 
 
@@ -137,7 +122,7 @@ class FinetuneTask(Task):
         self.ema = ModelEMA(self.model, cfg.ema_decay)
 
     def param_groups(self, optim: OptimConfig) -> list[ParamGroup]:
-        return [ParamGroup("restorer", list(self.model.parameters()), optim.lr, optim.weight_decay)]
+        return weight_decay_groups("restorer", self.model.named_parameters(), optim.lr, optim.weight_decay)
 
     def _input(self, batch: dict[str, Any]) -> torch.Tensor:
         if self.cfg.model.prior_channels:
@@ -168,8 +153,6 @@ class FinetuneTask(Task):
             self.ema.load_state_dict(state["ema"])
 
     def export(self, run_dir: Path) -> None:
-        from ..evaluation.loading import save_restorer
-
         extra = {"prior_channels": str(self.cfg.model.prior_channels), "ema_decay": str(self.cfg.ema_decay)}
         save_restorer(self.ema.module, run_dir / "restorer.safetensors", self.cfg.model.name, self.cfg.model.kwargs, extra)
 

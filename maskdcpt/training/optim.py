@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -11,7 +11,8 @@ import torch
 @dataclass
 class OptimConfig:
     """AdamW for the restorer and, as its own group, for the classifier (DCPT's recipe:
-    G 3e-4 wd 0, DC 1e-4 wd 1e-4, cosine to 1e-6, no warm-up)."""
+    G 3e-4 wd 0, DC 1e-4 wd 1e-4, cosine to 1e-6, no warm-up). Weight decay spares norms,
+    biases and other 1-D parameters (``weight_decay_groups``)."""
 
     lr: float = 3e-4
     weight_decay: float = 0.0
@@ -30,6 +31,26 @@ class ParamGroup:
     params: list[torch.nn.Parameter]
     lr: float
     weight_decay: float
+
+
+def weight_decay_groups(
+    name: str, named_params: Iterable[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float
+) -> list[ParamGroup]:
+    """``name`` with ``weight_decay`` for weight matrices and kernels, and ``{name}_no_decay`` with none for norms,
+    biases and other 1-D parameters (scales, mixing weights).
+
+    Exempting 1-D parameters is timm's (``param_groups_weight_decay``) and MAE's practice: a norm's gain or a bias
+    does not set how complex the function is the way a weight matrix does, and pulling norm gains towards 0 works
+    against the normalisation. The release's BasicSR AdamW applies its weight decay to all parameters; at the
+    release's values this differs only for the classifier (wd 1e-4; the backbone's wd is 0). A group with
+    ``weight_decay`` 0 is not split, so such runs keep their optimiser state layout.
+    """
+    named = list(named_params)
+    if weight_decay == 0:
+        return [ParamGroup(name, [p for _, p in named], lr, 0.0)]
+    exempt = [p for n, p in named if p.ndim <= 1 or n.endswith(".bias")]
+    decay = [p for n, p in named if not (p.ndim <= 1 or n.endswith(".bias"))]
+    return [ParamGroup(name, decay, lr, weight_decay), ParamGroup(f"{name}_no_decay", exempt, lr, 0.0)]
 
 
 def build_optimizer(groups: Sequence[ParamGroup], cfg: OptimConfig) -> torch.optim.AdamW:

@@ -20,12 +20,12 @@ from ..config import load_config
 from ..data.config import DataConfig
 from ..losses import focal_loss, masked_l1, supervised_contrastive_loss
 from ..models import build_maskdcpt
+from ..models.checkpoint import save_weights
 from ..models.maskdcpt import MaskDCPTOutput
 from ..models.masking import random_keep_map
-from .checkpoint import save_weights
 from .distributed import DistInfo, gather_with_grad
 from .logging import TensorBoardLogger, confusion_matrix, image_grid, render_confusion
-from .optim import OptimConfig, ParamGroup
+from .optim import OptimConfig, ParamGroup, weight_decay_groups
 from .run import RunConfig, run_task
 from .trainer import StepOutput, Task, TrainConfig
 
@@ -141,11 +141,11 @@ class PretrainTask(Task):
 
     # parameter groups: DCPT trains G and the classifier with their own AdamW settings
     def param_groups(self, optim: OptimConfig) -> list[ParamGroup]:
-        classifier = [p for n, p in self.model.named_parameters() if n.startswith("classifier.")]
-        others = [p for n, p in self.model.named_parameters() if not n.startswith("classifier.")]
+        classifier = [(n, p) for n, p in self.model.named_parameters() if n.startswith("classifier.")]
+        others = [(n, p) for n, p in self.model.named_parameters() if not n.startswith("classifier.")]
         return [
-            ParamGroup("backbone", others, optim.lr, optim.weight_decay),
-            ParamGroup("classifier", classifier, optim.classifier_lr, optim.classifier_weight_decay),
+            *weight_decay_groups("backbone", others, optim.lr, optim.weight_decay),
+            *weight_decay_groups("classifier", classifier, optim.classifier_lr, optim.classifier_weight_decay),
         ]
 
     def step(self, model: nn.Module, batch: dict[str, Any], step: int) -> StepOutput:

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .checkpoint import load_state, rng_state, save_state, save_weights, set_rng_state
+from ..models.checkpoint import save_weights
+from .checkpoint import load_state, rng_state, save_state, set_rng_state
 from .distributed import DistInfo, all_reduce_mean, all_reduce_sum
 from .logging import TensorBoardLogger
 from .optim import OptimConfig, ParamGroup, build_optimizer, build_scheduler
@@ -151,7 +152,6 @@ class Trainer:
         run_dir: str | Path,
         make_loader: Callable[[int], BatchStream],
         dist_info: DistInfo = DistInfo(),
-        config_text: str = "",
     ):
         if cfg.batch_size % (dist_info.world_size * cfg.grad_accum):
             raise ValueError(
@@ -163,7 +163,6 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.make_loader = make_loader
         self.dist = dist_info
-        self.config_text = config_text
         self.device = resolve_device(cfg.device)
         self.autocast_dtype = None
         if cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"):
