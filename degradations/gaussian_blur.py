@@ -13,9 +13,14 @@ from .registry import register
 
 KERNEL_FAMILIES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 
+SINC_FLOOR = 0.25  # share of the cut-off range a sinc kernel always goes down, so that it blurs at level 0
+FLAT_TOP_MIN_SIGMA = 1.0  # generalised kernels: the smallest σ that reaches the neighbouring pixels
+
 GAUSSIAN_RANGES = {
     "kernel_size": [7, 21],  # odd sizes, drawn uniformly
-    "sigma": [0.2, 3.0],  # largest σ, level 0 → 1; the minor axis of anisotropic kernels is a random fraction
+    # largest σ, level 0 → 1; the minor axis of anisotropic kernels is a random fraction. Real-ESRGAN starts at
+    # 0.2, where the sampled kernel is the identity: level 0 must still blur (an unchanged image is not a type).
+    "sigma": [0.5, 3.0],
     "family_probs": [0.45, 0.25, 0.12, 0.03, 0.12, 0.03],
     "generalized_beta": [0.5, 4.0],
     "plateau_beta": [1.0, 2.0],
@@ -41,11 +46,15 @@ def random_kernel(rng: np.random.Generator, severity: float, ranges: Mapping[str
     beta_unit = float(rng.random())
     cutoff_unit = float(rng.random())
     if sinc:
-        # Real-ESRGAN: ω_c ∈ [π/3, π] for small kernels, [π/5, π] otherwise; lower cut-off = more blur.
+        # Real-ESRGAN: ω_c ∈ [π/3, π] for small kernels, [π/5, π] otherwise; lower cut-off = more blur. At ω_c = π
+        # the sampled sinc is the identity, so even severity 0 cuts below it (SINC_FLOOR of the way down).
         lowest = math.pi / 3 if size < 13 else math.pi / 5
-        cutoff = lerp([math.pi, lowest], severity * (0.5 + 0.5 * cutoff_unit))
+        cutoff = lerp([math.pi, lowest], SINC_FLOOR + (1 - SINC_FLOOR) * severity * (0.5 + 0.5 * cutoff_unit))
         return sinc_kernel(size, cutoff), {"family": "sinc", "kernel_size": size, "cutoff": cutoff}
     sigma_x = lerp(ranges["sigma"], severity)
+    if family.startswith("generalized"):
+        # flat-topped (β > 1): a radius under a pixel holds only the centre pixel, the identity
+        sigma_x = max(sigma_x, FLAT_TOP_MIN_SIGMA)
     if family.endswith("aniso"):
         sigma_y = max(float(ranges["sigma"][0]), sigma_x * minor_fraction)
     else:

@@ -32,6 +32,10 @@ from .rng import make_rng
 
 # CDD-11 (Guo et al., OneRestore): low light, haze, rain, snow and their allowed combinations.
 CDD11_COMBINATIONS: tuple[str, ...] = ("l", "h", "r", "s", "l+h", "l+r", "l+s", "h+r", "h+s", "l+h+r", "l+h+s")
+# What the mixed type draws by default: CDD-11's combinations of two or more. The four single ones are
+# the single types low_light, haze, rain_streaks and snow: drawn under id 17 they would give one image two
+# labels (a classifier cannot tell them apart, by construction). ``combinations`` may still ask for all 11.
+CDD11_MIXED: tuple[str, ...] = tuple(c for c in CDD11_COMBINATIONS if "+" in c)
 CDD11_TYPES = {"l": "low_light", "h": "haze", "r": "rain_streaks", "s": "snow"}
 # physical order: the hazy scene, then rain / snow in front of it, then the dark exposure of it all
 CDD11_ORDER = ("h", "r", "s", "l")
@@ -141,10 +145,11 @@ def blur_lowlight_noise(image: np.ndarray, level: float, rng: np.random.Generato
     return np.clip(noisy, 0.0, 1.0).astype(np.float32), {"blur": blur, "components": comp.components}
 
 
-@register("lowlight_haze_rain_snow", ranges={"level_jitter": LEVEL_JITTER, "combinations": list(CDD11_COMBINATIONS)})
+@register("lowlight_haze_rain_snow", ranges={"level_jitter": LEVEL_JITTER, "combinations": list(CDD11_MIXED)})
 def lowlight_haze_rain_snow(image: np.ndarray, level: float, rng: np.random.Generator, ranges: Mapping[str, Any]):
     """CDD-11: one combination of low light (l), haze (h), rain (r) and snow (s), drawn uniformly
-    from ``combinations`` (default: the 11 of CDD-11), applied haze → rain / snow → low light."""
+    from ``combinations`` (default: CDD-11's seven of two or more; all 11 on request), applied
+    haze → rain / snow → low light."""
     combos = list(ranges["combinations"])
     for combo in combos:
         parts = combo.split("+")

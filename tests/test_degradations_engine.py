@@ -49,6 +49,16 @@ def test_registry_covers_table_in_id_order():
 
 
 @pytest.mark.parametrize("name", TYPES)
+def test_level_zero_still_changes_the_image(name, photo):
+    """The lowest level is the mildest degradation, never none: an unchanged image would carry a label no classifier
+    can learn (Real-ESRGAN's σ 0.2 and a sinc cut-off of π both sample to the identity kernel)."""
+    reference = np.round(photo * 255)
+    for seed in range(12):
+        out = np.round(degrade(photo, name, 0.0, seed=seed).lq * 255)
+        assert np.abs(out - reference).max() >= 1, f"{name} at level 0, seed {seed} left the image unchanged"
+
+
+@pytest.mark.parametrize("name", TYPES)
 def test_shape_dtype_range_and_json_params(name, photo):
     spec = resolve(name)
     for level in LEVELS:

@@ -219,7 +219,9 @@ def test_blur_sizes_follow_the_level(photo):
     assert degrade(photo, "motion_blur", 1.0, seed=1, linear_prob=0.0).params["kernel_size"] == 41
     assert degrade(photo, "defocus_blur", 1.0, seed=1).params["radius"] == pytest.approx(10.0)
     sharp = degrade(photo, "gaussian_blur", 0.0, seed=2, sinc_prob=0.0, family_probs=[1, 0, 0, 0, 0, 0]).params
-    assert sharp["sigma_x"] == pytest.approx(0.2) and sharp["family"] == "iso"
+    assert sharp["sigma_x"] == pytest.approx(0.5) and sharp["family"] == "iso"  # the mildest blur, not none
+    flat_top = degrade(photo, "gaussian_blur", 0.0, seed=2, sinc_prob=0.0, family_probs=[0, 0, 1, 0, 0, 0]).params
+    assert flat_top["family"] == "generalized_iso" and flat_top["sigma_x"] == pytest.approx(1.0)
 
 
 def test_depth_varying_defocus_stays_between_sharp_and_fully_blurred(photo):

@@ -376,7 +376,8 @@ def test_mixed_component_replays_alone(scene):
     assert jpeg["params"]["quality"] == expected
 
 
-def test_cdd11_combinations_are_exactly_the_eleven(scene):
+def test_cdd11_mixed_type_draws_only_combinations_of_two_or_more(scene):
+    """The single combinations (l, h, r, s) are types 12, 6, 7, 10: drawn as id 17 they would be mislabelled."""
     assert set(CDD11_COMBINATIONS) == {"l", "h", "r", "s", "l+h", "l+r", "l+s", "h+r", "h+s", "l+h+r", "l+h+s"}
     assert len(CDD11_COMBINATIONS) == 11
     letters = {"low_light": "l", "haze": "h", "rain_streaks": "r", "snow": "s"}
@@ -385,10 +386,12 @@ def test_cdd11_combinations_are_exactly_the_eleven(scene):
     for seed in range(60):
         params = degrade(small, "lowlight_haze_rain_snow", 0.5, seed=seed).params
         combo = params["combination"]
-        assert combo in CDD11_COMBINATIONS
+        assert "+" in combo and combo in CDD11_COMBINATIONS
         assert {letters[c["type"]] for c in params["components"]} == set(combo.split("+"))
         seen.add(combo)
-    assert len(seen) >= 9  # uniform over 11: 60 draws miss more than two with tiny probability
+    assert len(seen) == 7  # uniform over the seven: 60 draws miss one with tiny probability
+    single = degrade(small, "lowlight_haze_rain_snow", 0.5, seed=0, combinations=["s"]).params
+    assert single["combination"] == "s"  # all 11 stay available on request
     with pytest.raises(ValueError, match="combination 'l\\+x'"):
         degrade(small, "lowlight_haze_rain_snow", 0.5, seed=0, combinations=["l+x"])
 
