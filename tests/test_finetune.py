@@ -76,7 +76,7 @@ def test_zero_initialised_prior_channels_leave_the_output_unchanged(tmp_path):
 
 
 def test_ema_tracks_the_trained_weights():
-    cfg = load_finetune_config(None, ["ema_decay=0.5"])
+    cfg = load_finetune_config(None, ["ema_decay=0.5", "ema_warmup=false"])
     task = FinetuneTask(cfg, DistInfo())
     before = {k: v.clone() for k, v in task.ema.module.state_dict().items()}
     with torch.no_grad():
