@@ -303,16 +303,28 @@ def test_maskdcpt_given_keep_is_used_and_generator_is_deterministic():
         model(lq, keep=torch.ones(2, 1, 3, 3))
 
 
-def test_maskdcpt_without_masking_is_the_restorer_without_its_residual():
+def test_maskdcpt_reconstruction_is_the_restorer_output_on_what_the_backbone_saw():
+    """Transfer consistency by construction: unmasked, the reconstruction is the dense restorer's output (the
+    head plus the global input residual); masked, it is the masked restorer's output, so the weights fine-tuning
+    starts from already compute the residual the restorer adds to its input."""
     model = build_maskdcpt("nafnet_tiny", mask_ratio=0.0)
     _randomize(model.backbone, 3)
+    dense = create_model("nafnet_tiny")
+    dense.load_state_dict(model.backbone.state_dict())
     lq = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         out = model(lq)
-        feat, _ = model.backbone.forward_features(lq)
-        expected = model.backbone.ending(feat)
-    assert torch.equal(out.keep, torch.ones(1, 1, 2, 2))
-    assert torch.equal(out.reconstruction, expected)
+        assert torch.equal(out.keep, torch.ones(1, 1, 2, 2))
+        torch.testing.assert_close(out.reconstruction, dense(lq), rtol=0, atol=1e-6)
+        masked = build_maskdcpt("nafnet_tiny", mask_ratio=0.5)
+        masked.backbone.load_state_dict(model.backbone.state_dict())
+        keep = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+        torch.testing.assert_close(masked(lq, keep=keep).reconstruction, masked.backbone(lq, keep), rtol=0, atol=1e-6)
+        # the releases' analysis head: the projection alone, without the input
+        plain = build_maskdcpt("nafnet_tiny", mask_ratio=0.0, rec_residual=False)
+        plain.backbone.load_state_dict(model.backbone.state_dict())
+        feat, _ = plain.backbone.forward_features(lq)
+        assert torch.equal(plain(lq).reconstruction, plain.backbone.ending(feat))
 
 
 def test_maskdcpt_patch_size_must_be_a_stride_multiple_and_coarser_patches_do_not_leak():

@@ -3,6 +3,14 @@
 One step: pad the LQ image to the mask patch multiple, draw a keep map per sample (or take the one given), run the
 sparse-aware backbone on the masked input, classify the degradation from its taps and project the final features
 to an image. Losses, optimisers and data live elsewhere; this module only computes.
+
+The reconstruction is the restorer's own output on what the backbone saw: ``forward_head(features, visible
+input)``, the output projection plus the global residual of the masked input. The projection therefore learns the
+residual the dense restorer adds to its input in fine-tuning, and a restorer built from pre-trained weights starts
+where pre-training left it (measured: without the residual, the transferred restorer outputs about GT + input, a
+brightened image far below the input's own PSNR). Hidden pixels carry no input and no features (the sparse
+semantics), so only visible pixels can be reconstructed: pre-training's default ``rec_region`` is ``visible``.
+``residual=False`` gives the releases' analysis head (projection only).
 """
 from __future__ import annotations
 
@@ -34,24 +42,25 @@ class MaskDCPTOutput:
     def visible_pixels(self) -> torch.Tensor:
         """The keep map at pixel resolution, cropped to the reconstruction: (B, 1, H, W) in {0, 1}."""
         h, w = self.reconstruction.shape[-2:]
-        full = self.keep.repeat_interleave(self.patch_size, dim=2).repeat_interleave(self.patch_size, dim=3)
-        return full[..., :h, :w]
+        return _pixel_keep(self.keep, self.patch_size)[..., :h, :w]
 
 
 class ReconstructionHead(nn.Module):
-    """The backbone's own output projection without the global input residual: (B, C, H, W) → (B, 3, H, W).
+    """The backbone's own output projection, (B, C, H, W) → (B, 3, H, W), plus the visible input when ``residual``.
 
     It holds no parameters of its own (the projection stays in the backbone, so the whole pre-trained restorer
     transfers to fine-tuning); it keeps a reference to the backbone's ``forward_head`` without registering the
     backbone a second time.
     """
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, residual: bool = True):
         super().__init__()
         self._project = backbone.forward_head
+        self.residual = residual
 
-    def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        return self._project(feat)
+    def forward(self, feat: torch.Tensor, visible_input: torch.Tensor) -> torch.Tensor:
+        """feat: the backbone's final features; visible_input (B, 3, H, W): the input with hidden pixels zeroed."""
+        return self._project(feat, visible_input if self.residual else None)
 
 
 class MaskDCPT(nn.Module):
@@ -70,6 +79,7 @@ class MaskDCPT(nn.Module):
         head: nn.Module | None = None,
         mask_ratio: float = 0.5,
         patch_size: int | None = None,
+        rec_residual: bool = True,
     ):
         super().__init__()
         stride = int(backbone.stride)
@@ -85,7 +95,7 @@ class MaskDCPT(nn.Module):
             raise ValueError("the backbone was built dense (masked=False); masking needs create_model(name, masked=True)")
         self.backbone = backbone
         self.classifier = classifier
-        self.head = head if head is not None else ReconstructionHead(backbone)
+        self.head = head if head is not None else ReconstructionHead(backbone, residual=rec_residual)
         self.mask_ratio = float(mask_ratio)
         self.patch_size = patch_size
 
@@ -114,8 +124,14 @@ class MaskDCPT(nn.Module):
             backbone_keep = None  # nothing hidden: run the dense path (same function, fewer multiplies)
         feat, taps = self.backbone.forward_features(padded, backbone_keep)
         logits, pooled = self.classifier(taps)
-        reconstruction = self.head(feat)[..., :h, :w]
+        visible = padded if backbone_keep is None else padded * _pixel_keep(keep, self.patch_size)
+        reconstruction = self.head(feat, visible)[..., :h, :w]
         return MaskDCPTOutput(reconstruction, logits, pooled, keep, self.patch_size)
+
+
+def _pixel_keep(keep: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, 1, h, w) patch keep map → (B, 1, h·P, w·P) at pixel resolution."""
+    return keep.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
 
 
 def build_maskdcpt(
@@ -123,11 +139,13 @@ def build_maskdcpt(
     num_classes: int = 19,
     mask_ratio: float = 0.5,
     patch_size: int | None = None,
+    rec_residual: bool = True,
+    classifier_norm: str = "batch",
     **overrides,
 ) -> MaskDCPT:
-    """A masked ``model_name`` backbone (constructor ``overrides`` applied), a classifier on its taps and the
-    default reconstruction head."""
+    """A masked ``model_name`` backbone (constructor ``overrides`` applied), a classifier on its taps (``"batch"``
+    or the release's ``"layer"`` norm, see :mod:`.classifier`) and the default reconstruction head."""
     backbone = create_model(model_name, masked=True, **overrides)
     classifier = DegradationClassifier(backbone.tap_dims, num_classes=num_classes,
-                                       tap_downsample=backbone.tap_downsample)
-    return MaskDCPT(backbone, classifier, mask_ratio=mask_ratio, patch_size=patch_size)
+                                       tap_downsample=backbone.tap_downsample, norm=classifier_norm)
+    return MaskDCPT(backbone, classifier, mask_ratio=mask_ratio, patch_size=patch_size, rec_residual=rec_residual)
