@@ -18,6 +18,8 @@ from degradations import EngineConfig
 
 from ..config import load_config
 from ..data.config import DataConfig
+from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
+from ..evaluation.metrics import psnr_torch, ssim_torch
 from ..models import create_model
 from ..models.checkpoint import load_pretrained, save_restorer
 from ..models.prior import add_prior_channels
@@ -50,6 +52,19 @@ def _five_d_engine() -> EngineConfig:
     )
 
 
+def five_d_val_tasks() -> list[ValTask]:
+    """The 5D benchmark's tasks on held-out crops: deraining, denoising at the test σ 15 / 25 / 50 (colour
+    Gaussian noise, as CBSD68's test sets), dehazing, low-light enhancement, motion deblurring."""
+    gaussian = {"model_probs": [1.0, 0.0, 0.0], "gray_prob": 0.0}
+    return [
+        ValTask(type="rain_streaks", name="derain"),
+        *(ValTask(type="noise", name=f"denoise_{s}", params={"sigma": [s, s], **gaussian}) for s in (15, 25, 50)),
+        ValTask(type="haze", name="dehaze"),
+        ValTask(type="low_light", name="lowlight"),
+        ValTask(type="motion_blur", name="deblur"),
+    ]
+
+
 @dataclass
 class FinetuneConfig:
     model: RestorerConfig = field(default_factory=RestorerConfig)
@@ -58,9 +73,11 @@ class FinetuneConfig:
     # the others 'params_ema'), falling back to the other wrapper
     pretrained_key: str | None = None
     ema_decay: float = 0.999
+    ema_warmup: bool = True  # the effective decay grows with the step (see training/ema.py)
     optim: OptimConfig = field(default_factory=_finetune_optim)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(engine=_five_d_engine()))
+    val: ValConfig = field(default_factory=ValConfig)  # no tasks given: five_d_val_tasks()
     run: RunConfig = field(default_factory=RunConfig)  # name None: "finetune_<model.name>"
 
 
@@ -119,7 +136,8 @@ class FinetuneTask(Task):
         self.cfg = cfg
         self.model = build_restorer(cfg)
         self.report = load_pretrained_weights(self.model, cfg.pretrained, cfg.pretrained_key)
-        self.ema = ModelEMA(self.model, cfg.ema_decay)
+        self.ema = ModelEMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
+        self._val_set: ValidationSet | None = None
 
     def param_groups(self, optim: OptimConfig) -> list[ParamGroup]:
         return weight_decay_groups("restorer", self.model.named_parameters(), optim.lr, optim.weight_decay)
@@ -155,6 +173,64 @@ class FinetuneTask(Task):
     def export(self, run_dir: Path) -> None:
         extra = {"prior_channels": str(self.cfg.model.prior_channels), "ema_decay": str(self.cfg.ema_decay)}
         save_restorer(self.ema.module, run_dir / "restorer.safetensors", self.cfg.model.name, self.cfg.model.kwargs, extra)
+
+
+    # ----------------------------------------------------------------- validation
+    @property
+    def best_metric(self) -> str | None:
+        best = self.cfg.val.best or "psnr"
+        return None if best == "none" else best
+
+    def weights_metadata(self) -> dict[str, Any]:
+        return restorer_metadata(self.cfg)
+
+    def best_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.ema.module.state_dict()  # the weights that are validated, exported and released
+
+    def validation_set(self) -> ValidationSet:
+        if self._val_set is None:
+            self._val_set = build_validation_set(self.cfg.val, five_d_val_tasks(), self.cfg.data.engine,
+                                                 self.cfg.data.crop_size)
+        return self._val_set
+
+    @torch.no_grad()
+    def validate(self, step: int) -> dict[str, Any] | None:
+        """PSNR / SSIM (float, RGB, no border crop: the release's protocol) of the EMA restorer per task and
+        averaged over tasks, beside the input's own (``psnr_input``): a restorer that helps has psnr > psnr_input."""
+        if self.cfg.model.prior_channels:
+            return None  # the held-out crops have no generative priors to feed the extra channels
+        val = self.validation_set()
+        model = self.ema.module  # eval mode, the weights being exported
+        device = next(model.parameters()).device
+        per_sample: dict[str, list[torch.Tensor]] = {"psnr": [], "ssim": [], "psnr_input": [], "ssim_input": []}
+        tasks = []
+        for batch in val.batches():
+            lq, gt = batch["lq"].to(device), batch["gt"].to(device)
+            pred = model(lq).float().clamp(0, 1)
+            per_sample["psnr"].append(psnr_torch(pred, gt).cpu())
+            per_sample["ssim"].append(ssim_torch(pred, gt).cpu())
+            per_sample["psnr_input"].append(psnr_torch(lq, gt).cpu())
+            per_sample["ssim_input"].append(ssim_torch(lq, gt).cpu())
+            tasks.append(batch["task"])
+        task = torch.cat(tasks)
+        values = {k: torch.cat(v).double() for k, v in per_sample.items()}
+        per_task = {name: {k: float(v[task == t].mean()) for k, v in values.items()}
+                    for t, name in enumerate(val.task_names) if bool((task == t).any())}
+        # the papers' "average": the mean of the per-task means
+        result: dict[str, Any] = {k: sum(p[k] for p in per_task.values()) / len(per_task) for k in per_sample}
+        result["gain"] = result["psnr"] - result["psnr_input"]
+        result["per_task"] = per_task
+        return result
+
+    def describe_validation(self, result: dict[str, Any]) -> str:
+        worst = min(result["per_task"].items(), key=lambda kv: kv[1]["psnr"] - kv[1]["psnr_input"])
+        return (f"PSNR {result['psnr']:.2f} dB (input {result['psnr_input']:.2f}, gain {result['gain']:+.2f}), "
+                f"SSIM {result['ssim']:.4f}; least gain: {worst[0]} {worst[1]['psnr'] - worst[1]['psnr_input']:+.2f} dB")
+
+
+def restorer_metadata(cfg: FinetuneConfig) -> dict[str, Any]:
+    return {"format": "maskdcpt-restorer", "model_name": cfg.model.name, "model_kwargs": cfg.model.kwargs,
+            "prior_channels": cfg.model.prior_channels}
 
 
 def run_finetuning(cfg: FinetuneConfig, resume: bool | str = "auto") -> dict[str, Any]:

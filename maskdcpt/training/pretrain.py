@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from ..config import load_config
 from ..data.config import DataConfig
+from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
 from ..losses import focal_loss, masked_l1, supervised_contrastive_loss
 from ..models import build_maskdcpt
 from ..models.checkpoint import save_weights
@@ -39,6 +40,8 @@ class ModelConfig:
     num_classes: int = 19
     mask_ratio: float = 0.5  # 0 = the "no mask" ablation
     patch_size: int | None = None  # None: the backbone's total stride (16 NAFNet, 8 others)
+    rec_residual: bool = True  # reconstruction = head(features) + visible input, as the restorer computes
+    classifier_norm: Literal["batch", "layer"] = "batch"  # "layer": the release's classifier (see models/classifier.py)
     kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the backbone factory
 
 
@@ -47,7 +50,7 @@ class LossConfig:
     w_rec: float = 1.0
     w_cls: float = 1.0
     w_con: float = 0.1
-    rec_region: Literal["all", "visible", "hidden"] = "all"
+    rec_region: Literal["all", "visible", "hidden"] = "visible"  # hidden pixels carry no input, no features
     focal_gamma: float = 2.0
     temperature: float = 0.07
 
@@ -68,6 +71,7 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=_demo_optim)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    val: ValConfig = field(default_factory=ValConfig)
     run: RunConfig = field(default_factory=RunConfig)  # name None: "pretrain_<model.name>"
 
 
@@ -128,12 +132,14 @@ class PretrainTask(Task):
     def __init__(self, cfg: PretrainConfig, dist: DistInfo):
         self.cfg, self.dist = cfg, dist
         m = cfg.model
-        self.model = build_maskdcpt(m.name, num_classes=m.num_classes, mask_ratio=m.mask_ratio, patch_size=m.patch_size, **m.kwargs)
+        self.model = build_maskdcpt(m.name, num_classes=m.num_classes, mask_ratio=m.mask_ratio, patch_size=m.patch_size,
+                                    rec_residual=m.rec_residual, classifier_norm=m.classifier_norm, **m.kwargs)
         loss = cfg.loss
         self.has_unused_parameters = 0.0 in (loss.w_rec, loss.w_cls, loss.w_con)
         self._outputs_as_dict = _OutputsAsDict(self.model)
         self._preds: list[np.ndarray] = []
         self._targets: list[np.ndarray] = []
+        self._val_set: ValidationSet | None = None
 
     @property
     def forward_module(self) -> nn.Module:
@@ -202,6 +208,106 @@ class PretrainTask(Task):
 
     def export(self, run_dir: Path) -> None:
         export_encoder_weights(self.model, self.cfg, run_dir / "encoder.safetensors")
+
+    # ----------------------------------------------------------------- validation
+    @property
+    def best_metric(self) -> str | None:
+        best = self.cfg.val.best or "top1"
+        return None if best == "none" else best
+
+    def weights_metadata(self) -> dict[str, Any]:
+        return {"format": "maskdcpt-pretrain", "model_name": self.cfg.model.name, "model_kwargs": self.cfg.model.kwargs}
+
+    def class_names(self) -> list[str]:
+        from degradations import TYPE_NAMES
+
+        k = self.cfg.model.num_classes
+        return list(TYPE_NAMES) if k == len(TYPE_NAMES) else [str(i) for i in range(k)]
+
+    def validation_set(self) -> ValidationSet:
+        if self._val_set is None:
+            engine = self.cfg.data.engine
+            tasks = [ValTask(type=name) for name in engine.type_names]
+            self._val_set = build_validation_set(self.cfg.val, tasks, engine, self.cfg.data.crop_size)
+        return self._val_set
+
+    @torch.no_grad()
+    def validate(self, step: int) -> dict[str, Any] | None:
+        """On the held-out set, masked as in training (fixed keep maps): top-1 overall, per type and without the
+        mask, the confusion matrix, leave-one-out kNN top-1 of the pooled features, and the reconstruction's PSNR
+        on visible pixels beside the input's (and on hidden pixels)."""
+        val = self.validation_set()
+        model = self.model
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        preds, dense_preds, targets, pooled, sq = [], [], [], [], {"rec_v": [], "in_v": [], "rec_h": []}
+        try:
+            for batch in val.batches():
+                lq, gt = batch["lq"].to(device), batch["gt"].to(device)
+                grid = (-(-lq.shape[-2] // model.patch_size), -(-lq.shape[-1] // model.patch_size))
+                keep = keep_maps(batch["index"].tolist(), grid, self.cfg.model.mask_ratio, self.cfg.val.seed).to(device)
+                out = model(lq, keep=keep)
+                preds.append(out.logits.argmax(1).cpu())
+                pooled.append(out.features.float().cpu())
+                targets.append(batch["type_id"])
+                if self.cfg.model.mask_ratio > 0:
+                    dense_preds.append(model(lq, keep=torch.ones_like(keep)).logits.argmax(1).cpu())
+                visible = out.visible_pixels()
+                for name, pred, region in (("rec_v", out.reconstruction, visible), ("in_v", lq, visible),
+                                           ("rec_h", out.reconstruction, 1 - visible)):
+                    err = ((pred.float().clamp(0, 1) - gt) ** 2 * region).sum((1, 2, 3))
+                    sq[name].append((err / (region.sum((1, 2, 3)) * 3).clamp_min(1)).cpu())
+        finally:
+            model.train(was_training)
+        pred, target = torch.cat(preds).numpy(), torch.cat(targets).numpy()
+        names, k = self.class_names(), self.cfg.model.num_classes
+        known = target >= 0
+        result: dict[str, Any] = {"top1": float((pred[known] == target[known]).mean()) if known.any() else float("nan")}
+        if dense_preds:
+            result["top1_unmasked"] = float((torch.cat(dense_preds).numpy()[known] == target[known]).mean())
+        result["knn_top1"] = knn_top1(torch.cat(pooled), torch.from_numpy(target))
+        result["per_type"] = {names[t]: float((pred[target == t] == t).mean()) for t in sorted(set(target[known].tolist()))}
+
+        def psnr(key: str) -> float:
+            mse = torch.cat(sq[key])
+            return float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean())
+
+        result["rec_psnr_visible"], result["input_psnr_visible"] = psnr("rec_v"), psnr("in_v")
+        if self.cfg.model.mask_ratio > 0:
+            result["rec_psnr_hidden"] = psnr("rec_h")
+        result["confusion"] = confusion_matrix(pred[known], target[known], k).tolist()
+        return result
+
+    def log_validation(self, result: dict[str, Any], logger: TensorBoardLogger, step: int) -> None:
+        counts = np.asarray(result["confusion"])
+        logger.image("val/confusion", render_confusion(counts, self.class_names()), step, dataformats="HWC")
+
+    def describe_validation(self, result: dict[str, Any]) -> str:
+        parts = [f"top1 {result['top1']:.3f}"]
+        if "top1_unmasked" in result:
+            parts.append(f"unmasked {result['top1_unmasked']:.3f}")
+        parts.append(f"kNN {result['knn_top1']:.3f}")
+        parts.append(f"rec PSNR (visible) {result['rec_psnr_visible']:.2f} dB vs input {result['input_psnr_visible']:.2f} dB")
+        return ", ".join(parts)
+
+
+def knn_top1(features: torch.Tensor, labels: torch.Tensor, k: int = 5) -> float:
+    """Leave-one-out k-nearest-neighbour top-1 of ``features`` (N, D) by cosine similarity: each sample takes the
+    majority label of its k nearest others (ties: the larger summed similarity). A measure of how well the pooled
+    features separate the degradations without any trained head. Samples with label < 0 are left out."""
+    keep = labels >= 0
+    z = torch.nn.functional.normalize(features[keep].float(), dim=1)
+    y = labels[keep]
+    if len(y) < 2:
+        return float("nan")
+    sim = z @ z.t()
+    sim.fill_diagonal_(float("-inf"))
+    top_sim, top = sim.topk(min(k, len(y) - 1), dim=1)
+    votes = torch.zeros(len(y), int(y.max()) + 1)
+    # count votes, and add a tiny share of the similarity so that ties go to the closer class
+    votes.scatter_add_(1, y[top], torch.ones_like(top_sim) + 1e-3 * top_sim)
+    return float((votes.argmax(1) == y).float().mean())
 
 
 def export_encoder_weights(model: nn.Module, cfg: PretrainConfig, path: Path) -> Path:

@@ -52,7 +52,7 @@ def run_task(cfg: Any, out_dir: Path, make_task: Callable[[Any, DistInfo], Task]
         task = make_task(cfg, dist)
         if dist.is_main and announce is not None:
             print(announce(task), flush=True)
-        trainer = Trainer(task, cfg.train, cfg.optim, out_dir, build_loader_factory(cfg, dist), dist)
+        trainer = Trainer(task, cfg.train, cfg.optim, out_dir, build_loader_factory(cfg, dist), dist, val_every=cfg.val.every)
         if dist.is_main:
             print(f"run folder: {out_dir.resolve()}", flush=True)
         metrics = trainer.fit(resume)

@@ -99,6 +99,29 @@ class Task(abc.ABC):
     def export(self, run_dir: Path) -> None:
         """Write the run's product into ``run_dir`` at the end of training (rank 0)."""
 
+    # validation in the loop: the trainer calls these on rank 0 (see ``Trainer.validate``)
+    best_metric: str | None = None  # a higher-is-better entry of validate()'s result that selects best.safetensors
+
+    def validate(self, step: int) -> dict[str, Any] | None:
+        """Evaluate on the held-out set: JSON-serialisable figures (numbers, and dicts of numbers, are logged
+        to TensorBoard under ``val/``), or None when the task has nothing to validate."""
+        return None
+
+    def log_validation(self, result: dict[str, Any], logger: TensorBoardLogger, step: int) -> None:
+        """Write what does not fit a scalar (a confusion matrix, …) to ``logger``."""
+
+    def describe_validation(self, result: dict[str, Any]) -> str:
+        """One line for the console."""
+        return " ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, (int, float)) and k != "step")
+
+    def best_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights kept as best.safetensors (by default the model's)."""
+        return self.model.state_dict()
+
+    def weights_metadata(self) -> dict[str, Any]:
+        """What the task's weight files are (``format``, ``model_name``, …), stored in their metadata."""
+        return {}
+
 
 class BatchStream(Protocol):
     """What ``make_loader(start_step)`` returns: endless batches, and the unusable files met on the way."""
@@ -152,6 +175,7 @@ class Trainer:
         run_dir: str | Path,
         make_loader: Callable[[int], BatchStream],
         dist_info: DistInfo = DistInfo(),
+        val_every: int = 0,
     ):
         if cfg.batch_size % (dist_info.world_size * cfg.grad_accum):
             raise ValueError(
@@ -163,6 +187,8 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.make_loader = make_loader
         self.dist = dist_info
+        self.val_every = int(val_every)
+        self.best_value: float | None = None
         self.device = resolve_device(cfg.device)
         self.autocast_dtype = None
         if cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"):
@@ -196,6 +222,7 @@ class Trainer:
             "bad_in_row": self.bad_in_row,
             "skipped": self.skipped,
             "world_size": self.dist.world_size,
+            "best_value": self.best_value,
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -222,6 +249,7 @@ class Trainer:
         self.step = int(state["step"])
         self.bad_in_row = int(state.get("bad_in_row", 0))
         self.skipped = int(state.get("skipped", 0))
+        self.best_value = state.get("best_value")
 
     def maybe_resume(self, resume: bool | str) -> None:
         """resume: "auto" (from run_dir/checkpoints/last.ckpt if present), True (must exist),
@@ -232,6 +260,7 @@ class Trainer:
         if path.is_file():
             self.load_checkpoint(path)
             if self.dist.is_main:
+                self._forget_validations_after(self.step)
                 print(f"resumed from {path} at step {self.step}", flush=True)
         elif resume != "auto":
             raise ValueError(f"resume: no checkpoint at {str(path)!r}")
@@ -257,6 +286,8 @@ class Trainer:
             total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
             desc="train", dynamic_ncols=True, smoothing=0.1,
         )
+        if self.step == 0:
+            self.validate()  # the starting point: what pre-training or initialisation gives
         batches = self._batches()
         window: dict[str, list[float]] = {}
         last_logged: dict[str, float] = {}
@@ -292,6 +323,8 @@ class Trainer:
                     self.logger.scalars(last_logged, self.step)
                     bar.set_postfix(self._postfix(last_logged), refresh=False)
                     window, t_wait, t_total = {}, 0.0, 0.0
+                if self.val_every and (self.step % self.val_every == 0 or self.step == cfg.max_steps):
+                    self.validate()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
                     self.save_checkpoint()
         finally:
@@ -304,6 +337,49 @@ class Trainer:
         metrics = self._final_metrics(last_logged)
         self.logger.close()
         return metrics
+
+    # ----------------------------------------------------------------- validation
+    @property
+    def val_log(self) -> Path:
+        return self.run_dir / "val.jsonl"
+
+    def validate(self) -> dict[str, Any] | None:
+        """Run the task's validation at the current step (rank 0; other ranks go on and meet it at the next
+        collective): append it to ``val.jsonl``, log it under ``val/``, print one line, and keep the weights as
+        ``checkpoints/best.safetensors`` when the task's best metric improved."""
+        if not (self.val_every and self.dist.is_main):
+            return None
+        start = time.perf_counter()
+        result = self.task.validate(self.step)
+        if result is None:
+            return None
+        result = {"step": self.step, **result, "seconds": round(time.perf_counter() - start, 2)}
+        with open(self.val_log, "a") as f:
+            f.write(json.dumps(result) + "\n")
+        self.logger.scalars({f"val/{k}": v for k, v in _flatten_numbers(result).items() if k not in ("step", "seconds")},
+                            self.step)
+        self.task.log_validation(result, self.logger, self.step)
+        line = f"val step {self.step}: {self.task.describe_validation(result)}"
+        metric = self.task.best_metric
+        if metric is not None and metric in result:
+            value = float(result[metric])
+            if self.best_value is None or value > self.best_value:
+                self.best_value = value
+                meta = {**self.task.weights_metadata(), "step": self.step, "best_metric": metric, "best_value": value}
+                save_weights(self.task.best_state_dict(), self.ckpt_dir / "best.safetensors", meta)
+                line += f" (best {metric} so far: best.safetensors)"
+        tqdm.write(line)
+        return result
+
+    def _forget_validations_after(self, step: int) -> None:
+        """After a resume, drop validations that the checkpoint does not include (made after it was saved), so
+        ``val.jsonl`` holds each step once."""
+        if not self.val_log.is_file():
+            return
+        lines = self.val_log.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        if len(kept) != len(lines):
+            self.val_log.write_text("".join(line + "\n" for line in kept))
 
     @staticmethod
     def _postfix(logged: dict[str, float]) -> dict[str, str]:
@@ -331,6 +407,8 @@ class Trainer:
         micro = _split(batch, cfg.grad_accum)
         sums: dict[str, torch.Tensor] = {}
         bad_term = None
+        # Buffers (BatchNorm statistics) change in the forward pass; a skipped step must leave them too.
+        buffers = [b.detach().clone() for b in self.task.model.buffers()]
         for i, mb in enumerate(micro):
             sync = isinstance(self.model, nn.parallel.DistributedDataParallel) and i < len(micro) - 1
             with (self.model.no_sync() if sync else contextlib.nullcontext()):
@@ -350,6 +428,9 @@ class Trainer:
         flag = torch.tensor([0.0 if bad_term is None else 1.0], device=self.device)
         if all_reduce_sum(flag, self.dist).item() > 0:
             self.optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, saved in zip(self.task.model.buffers(), buffers):
+                    b.copy_(saved)
             self.skipped += 1
             self.bad_in_row += 1
             term = bad_term or "on another rank"
@@ -370,3 +451,15 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         return {k: float(all_reduce_mean(v, self.dist)) if torch.is_tensor(v) else float(v) for k, v in sums.items()}
+
+
+def _flatten_numbers(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """{"top1": 0.5, "per_type": {"noise": 0.9}} → {"top1": 0.5, "per_type/noise": 0.9}; non-numbers are left out."""
+    flat: dict[str, float] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten_numbers(value, name + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
