@@ -16,13 +16,7 @@ from maskdcpt.config import from_dict, load_config, save_config
 from maskdcpt.data import DataConfig, build_train_loader
 from maskdcpt.data.default import DEFAULT_PHOTOS, default_photo_dir
 
-
-def cheap_types():
-    names = [t.name for t in degradations.all_types()]
-    chosen = [n for n in ("noise", "jpeg", "haze", "low_light") if n in names]
-    if not chosen:
-        pytest.skip("no degradation type is registered yet")
-    return chosen
+from conftest import cheap_types
 
 
 def _mixed_tree(root):

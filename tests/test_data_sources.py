@@ -12,13 +12,7 @@ from maskdcpt.data.index import CorpusIndex
 from maskdcpt.data.paired import PairedSource
 from maskdcpt.data.synthetic import SyntheticSource
 
-
-def cheap_types():
-    names = [t.name for t in degradations.all_types()]
-    chosen = [n for n in ("noise", "jpeg", "haze", "low_light") if n in names]
-    if not chosen:
-        pytest.skip("no degradation type is registered yet")
-    return chosen
+from conftest import cheap_types
 
 
 def _photos(root, n=3, size=(150, 170)):
