@@ -60,6 +60,18 @@ def cheap_types() -> list[str]:
     return chosen
 
 
+def write_offset_pairs(root: Path, n: int, shape: tuple[int, int], seed: int, offset: int) -> None:
+    """``n`` pairs ``gt/{i}.png``, ``lq/{i}.png`` under ``root``: random (H, W, 3) uint8 GT below 200 and
+    LQ = GT + ``offset``, so any misalignment of LQ and GT shows as a difference other than the constant."""
+    (root / "gt").mkdir(parents=True)
+    (root / "lq").mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        gt = rng.integers(0, 200, (*shape, 3), dtype=np.uint8)
+        cv2.imwrite(str(root / "gt" / f"{i}.png"), gt)
+        cv2.imwrite(str(root / "lq" / f"{i}.png"), gt + offset)
+
+
 def run_env() -> dict[str, str]:
     """Environment for a tool run as a subprocess: one thread, unbuffered, and not part of anyone's DDP job."""
     env = dict(os.environ, OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1", PYTHONUNBUFFERED="1")
