@@ -16,13 +16,7 @@ from maskdcpt.config import from_dict, load_config, save_config
 from maskdcpt.data import DataConfig, build_train_loader
 from maskdcpt.data.default import DEFAULT_PHOTOS, default_photo_dir
 
-
-def cheap_types():
-    names = [t.name for t in degradations.all_types()]
-    chosen = [n for n in ("noise", "jpeg", "haze", "low_light") if n in names]
-    if not chosen:
-        pytest.skip("no degradation type is registered yet")
-    return chosen
+from conftest import cheap_types, write_offset_pairs
 
 
 def _mixed_tree(root):
@@ -41,13 +35,7 @@ def _mixed_tree(root):
 
 
 def _pairs(root, type_name):
-    (root / "gt").mkdir(parents=True)
-    (root / "lq").mkdir()
-    rng = np.random.default_rng(3)
-    for i in range(3):
-        gt = rng.integers(0, 200, (72, 72, 3), dtype=np.uint8)
-        cv2.imwrite(str(root / "gt" / f"{i}.png"), gt)
-        cv2.imwrite(str(root / "lq" / f"{i}.png"), gt + 20)
+    write_offset_pairs(root, 3, (72, 72), seed=3, offset=20)
     return {"kind": "paired", "root": str(root), "type": type_name}
 
 

@@ -12,13 +12,7 @@ from maskdcpt.data.index import CorpusIndex
 from maskdcpt.data.paired import PairedSource
 from maskdcpt.data.synthetic import SyntheticSource
 
-
-def cheap_types():
-    names = [t.name for t in degradations.all_types()]
-    chosen = [n for n in ("noise", "jpeg", "haze", "low_light") if n in names]
-    if not chosen:
-        pytest.skip("no degradation type is registered yet")
-    return chosen
+from conftest import cheap_types, write_offset_pairs
 
 
 def _photos(root, n=3, size=(150, 170)):
@@ -84,13 +78,7 @@ def test_crops_share_one_decode(tmp_path):
 
 def test_paired_augmentation_keeps_lq_and_gt_aligned(tmp_path):
     root = tmp_path / "pairs"
-    (root / "gt").mkdir(parents=True)
-    (root / "lq").mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(2):
-        gt = rng.integers(0, 200, (90, 70, 3), dtype=np.uint8)
-        cv2.imwrite(str(root / "gt" / f"{i}.png"), gt)
-        cv2.imwrite(str(root / "lq" / f"{i}.png"), gt + 30)  # LQ = GT + constant
+    write_offset_pairs(root, 2, (90, 70), seed=1, offset=30)  # LQ = GT + constant
     index = CorpusIndex.build([root], type_ids=[5])
     source = PairedSource(index, 5, source_id=1, seed=3, crop_size=40)
     transforms = set()

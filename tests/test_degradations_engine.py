@@ -7,13 +7,14 @@ import subprocess
 import sys
 import hashlib
 
-import cv2
 import numpy as np
 import pytest
 
 from degradations import DegradationEngine, EngineConfig, TYPE_IDS, TYPE_NAMES, all_types, degrade, resolve
-from degradations.photos import sample_photos
 from degradations.rng import make_rng
+from maskdcpt.evaluation.metrics import psnr
+
+from conftest import photo_crop, texture as make_texture
 
 TYPES = [t.name for t in all_types()]
 LEVELS = (0.0, 0.5, 1.0)
@@ -23,22 +24,13 @@ SEEDS = range(5)
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
     """An 80×80 crop of a real photo (cat fur and whiskers: fine texture and edges), float32 in [0, 1]."""
-    photos = dict(sample_photos())
-    image = photos["chelsea"][100:180, 200:280]
-    return image.astype(np.float32) / 255.0
+    return photo_crop("chelsea", 100, 200, 80, 80)
 
 
 @pytest.fixture(scope="module")
 def texture() -> np.ndarray:
     """128×128 textured image: white noise smoothed by σ = 1 px (a narrow autocorrelation), contrast 0.18."""
-    rng = np.random.default_rng(123)
-    base = rng.random((128, 128, 1), dtype=np.float32) * 0.75 + rng.random((128, 128, 3), dtype=np.float32) * 0.25
-    smooth = cv2.GaussianBlur(base, (0, 0), 1.0)
-    return np.clip((smooth - smooth.mean()) / smooth.std() * 0.18 + 0.5, 0.0, 1.0).astype(np.float32)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(-10 * np.log10(max(float(np.mean((a.astype(np.float64) - b) ** 2)), 1e-12)))
+    return make_texture(128, 1.0, seed=123, gray=0.75)
 
 
 def test_registry_covers_table_in_id_order():

@@ -26,15 +26,17 @@ from degradations.lowlight import darken, darken_linear
 from degradations.mosaic import DEMOSAIC_CODES, bayer_mask, bayer_rggb, demosaic
 from degradations.motion_blur import linear_kernel, shake_trajectory, trajectory_kernel
 from degradations.noise import add_gaussian_noise, add_poisson_noise, add_salt_pepper, poisson_counts
-from degradations.photos import sample_photos
 from degradations.rng import make_rng
+from maskdcpt.evaluation.metrics import psnr
+
+from conftest import photo_crop
 
 CENTROID_TOLERANCE = 1e-3  # px: kernels are centred by construction, so only float rounding remains
 
 
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
-    return dict(sample_photos())["astronaut"][120:216, 180:276].astype(np.float32) / 255.0
+    return photo_crop("astronaut", 120, 180, 96, 96)
 
 
 def gray(value: float = 0.5, side: int = 128) -> np.ndarray:
@@ -229,13 +231,9 @@ def test_depth_varying_defocus_stays_between_sharp_and_fully_blurred(photo):
     assert sample.params["depth_varying"] is True
     full = apply_kernel(photo, disk_kernel(10.0))
     # every pixel blends blur layers of radius 0..10: blurred, but less than the full radius everywhere
-    assert psnr_(full, photo) < psnr_(sample.lq, photo) < 60
+    assert psnr(full, photo) < psnr(sample.lq, photo) < 60
     uniform = degrade(photo, "defocus_blur", 1.0, seed=4, depth_varying_prob=0.0)
     assert np.abs(uniform.lq - full).max() < 1e-6
-
-
-def psnr_(a, b):
-    return float(-10 * np.log10(np.mean((a - b) ** 2)))
 
 
 # ----------------------------------------------------------------------------- JPEG
@@ -307,7 +305,7 @@ def test_low_light_gets_darker_with_level(photo):
 def test_realesrgan_pipeline_stages_and_levels(photo):
     mild = degrade(photo, "downsample_noise_blur_jpeg", 0.0, seed=0)
     assert mild.params["final_scale"] == 1.0 and mild.params["jpeg1"]["quality"] == 95
-    assert psnr_(mild.lq, photo) > 30
+    assert psnr(mild.lq, photo) > 30
     harsh = degrade(photo, "downsample_noise_blur_jpeg", 1.0, seed=0)
     for stage in ("blur1", "resize1", "noise1", "jpeg1", "resize2", "noise2", "jpeg2"):
         assert stage in harsh.params

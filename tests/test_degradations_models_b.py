@@ -14,6 +14,8 @@ from degradations.raindrops import DROP_COLUMNS, DROP_RANGES, apply_raindrops, d
 from degradations.rng import make_rng
 from degradations.snow import SNOW_RANGES, composite_snow, snow_mask
 
+from conftest import texture as make_texture
+
 MY_TYPES = (
     "haze", "rain_streaks", "raindrops", "rain_streaks_raindrops", "snow", "moire",
     "blur_jpeg", "blur_rain", "blur_lowlight_noise", "lowlight_haze_rain_snow",
@@ -30,11 +32,8 @@ def scene() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def texture() -> np.ndarray:
-    """128×128 texture with structure at the scale of a raindrop (σ 2 px), luminance in [0, 1]."""
-    rng = np.random.default_rng(3)
-    t = cv2.GaussianBlur(rng.random((128, 128), dtype=np.float32), (0, 0), 2.0)
-    t = (t - t.min()) / (t.max() - t.min())
-    return np.repeat(t[..., None], 3, axis=2).astype(np.float32)
+    """128×128 gray texture with structure at the scale of a raindrop (σ 2 px), luminance in [0, 1]."""
+    return make_texture(128, 2.0, seed=3, gray=1.0, contrast=None)
 
 
 # ----------------------------------------------------------------------------- haze

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -17,7 +16,6 @@ from degradations.kernels import apply_kernel, gaussian_kernel
 from degradations.lowlight import darken_linear
 from degradations.mosaic import bayer_rggb, demosaic
 from degradations.motion_blur import linear_kernel, shake_trajectory, trajectory_kernel
-from degradations.photos import sample_photos
 from degradations.rng import make_rng
 from degradations.torch_ops import (
     TORCH_TYPES,
@@ -26,6 +24,9 @@ from degradations.torch_ops import (
     degrade_batch,
     demosaic_bilinear,
 )
+from maskdcpt.evaluation.metrics import psnr
+
+from conftest import photo_crop, texture as make_texture
 
 BLUR_TYPES = ("motion_blur", "defocus_blur", "gaussian_blur")
 
@@ -42,20 +43,13 @@ def to_image(t: torch.Tensor) -> np.ndarray:
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:
     """A 64×81 crop of a real photo (odd width), float32 in [0, 1]."""
-    return dict(sample_photos())["chelsea"][100:164, 200:281].astype(np.float32) / 255.0
+    return photo_crop("chelsea", 100, 200, 64, 81)
 
 
 @pytest.fixture(scope="module")
 def texture() -> np.ndarray:
     """96×96 smooth random texture, contrast 0.18 around 0.5."""
-    rng = np.random.default_rng(7)
-    base = rng.random((96, 96, 3), dtype=np.float32)
-    smooth = cv2.GaussianBlur(base, (0, 0), 1.5)
-    return np.clip((smooth - smooth.mean()) / smooth.std() * 0.18 + 0.5, 0.0, 1.0).astype(np.float32)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(-10 * torch.log10(((a - b) ** 2).mean().clamp(min=1e-12)))
+    return make_texture(96, 1.5, seed=7)
 
 
 # ----------------------------------------------------------------------------- exact equivalence

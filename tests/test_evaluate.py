@@ -1,6 +1,5 @@
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from maskdcpt.evaluation.metrics import psnr, ssim
 from maskdcpt.evaluation.niqe import niqe
 from maskdcpt.evaluation.restore import read_rgb, restore_image
 from maskdcpt.models.checkpoint import load_restorer, save_restorer
+
+from conftest import run_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,7 +192,7 @@ def test_load_restorer_errors_name_the_file(tiny_restorer, tmp_path):
 
 
 def _run_tool(*args):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**run_env(), "PYTHONPATH": str(REPO)}
     env.pop(lpips_module.ENV_VAR, None)
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 

@@ -1,5 +1,4 @@
 """Fine-tuning: strict transfer from pre-training, priors, EMA restorer, end to end."""
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +16,10 @@ from maskdcpt.models.prior import add_prior_channels
 from maskdcpt.training.distributed import DistInfo
 from maskdcpt.training.finetune import FinetuneTask, load_finetune_config, load_pretrained_weights
 
+from conftest import TINY_RUN, last_weights, run_env
+
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["data.crop_size=64", "data.crops_per_image=2", "train.batch_size=4", "train.progress=false",
-        "train.log_every=5", "train.image_every=0"]
-
-
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1")
-    for key in ("RANK", "WORLD_SIZE"):
-        env.pop(key, None)
-    return env
+FAST = [*TINY_RUN, "train.log_every=5", "train.image_every=0"]
 
 
 def _encoder_file(tmp_path, name="nafnet_tiny"):
@@ -105,7 +98,7 @@ def test_finetune_with_a_prior_folder_trains_end_to_end(tmp_path):
     sources = f"data.sources=[{{kind: paired, root: {tmp_path / 'pairs'}, type: noise, prior: {tmp_path / 'pairs' / 'prior'}}}]"
     cmd = [sys.executable, str(ROOT / "tools" / "finetune.py"), "--pretrained", str(path), sources,
            "model.prior_channels=3", "train.max_steps=3", f"run.output_dir={tmp_path}", "run.name=ft", *FAST]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert "prior channels, zero-initialised" in res.stdout
     model = load_restorer(tmp_path / "ft")
@@ -119,14 +112,14 @@ def test_finetune_with_a_prior_folder_trains_end_to_end(tmp_path):
     pairs = tmp_path / "pairs"
     evaluate = subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"), "--model", str(tmp_path / "ft"),
                                "--data", str(pairs), "--prior", str(pairs / "prior"), "--no-niqe", "--out", str(tmp_path / "ev")],
-                              capture_output=True, text=True, env=_env(), cwd=ROOT)
+                              capture_output=True, text=True, env=run_env(), cwd=ROOT)
     assert evaluate.returncode == 0, evaluate.stderr
     restore = subprocess.run([sys.executable, str(ROOT / "tools" / "restore.py"), "--model", str(tmp_path / "ft"),
-                              str(pairs / "LQ"), str(tmp_path / "restored")], capture_output=True, text=True, env=_env(), cwd=ROOT)
+                              str(pairs / "LQ"), str(tmp_path / "restored")], capture_output=True, text=True, env=run_env(), cwd=ROOT)
     assert restore.returncode == 2 and "--prior" in restore.stderr  # a prior model without its prior: clear error
     restore = subprocess.run([sys.executable, str(ROOT / "tools" / "restore.py"), "--model", str(tmp_path / "ft"),
                               "--prior", str(pairs / "prior"), str(pairs / "LQ"), str(tmp_path / "restored")],
-                             capture_output=True, text=True, env=_env(), cwd=ROOT)
+                             capture_output=True, text=True, env=run_env(), cwd=ROOT)
     assert restore.returncode == 0, restore.stderr
     assert sorted(p.name for p in (tmp_path / "restored").iterdir()) == ["0.png", "1.png", "2.png"]
 
@@ -135,21 +128,21 @@ def test_thirty_step_finetune_from_a_pretraining_run_end_to_end(tmp_path):
     pre = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "pretrain.py"), "train.max_steps=2", f"run.output_dir={tmp_path}",
          "run.name=pre", "data.engine={types: [noise, haze]}", *FAST],
-        capture_output=True, text=True, env=_env(), cwd=ROOT)
+        capture_output=True, text=True, env=run_env(), cwd=ROOT)
     assert pre.returncode == 0, pre.stderr
     export = subprocess.run([sys.executable, str(ROOT / "tools" / "export_encoder.py"), str(tmp_path / "pre"),
-                             "--out", str(tmp_path / "enc.safetensors")], capture_output=True, text=True, env=_env(), cwd=ROOT)
+                             "--out", str(tmp_path / "enc.safetensors")], capture_output=True, text=True, env=run_env(), cwd=ROOT)
     assert export.returncode == 0, export.stderr
     with safe_open(str(tmp_path / "enc.safetensors"), "pt") as f:
         assert f.metadata()["step"] == "2"
 
     cmd = [sys.executable, str(ROOT / "tools" / "finetune.py"), "--pretrained", str(tmp_path / "enc.safetensors"),
            "train.max_steps=30", "train.checkpoint_every=10", f"run.output_dir={tmp_path}", "run.name=ft", *FAST]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert "loaded all" in res.stdout and "new by design: nothing" in res.stdout
 
-    final = load_file(str(tmp_path / "ft" / "checkpoints" / "last.safetensors"))
+    final = last_weights(tmp_path / "ft")
     restorer = load_file(str(tmp_path / "ft" / "restorer.safetensors"))
     encoder = load_file(str(tmp_path / "enc.safetensors"))
     assert restorer.keys() == final.keys() == encoder.keys()
@@ -159,7 +152,7 @@ def test_thirty_step_finetune_from_a_pretraining_run_end_to_end(tmp_path):
 
     evaluate = subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"), "--model", str(tmp_path / "ft"),
                                "--data", str(_make_eval_set(tmp_path)), "--out", str(tmp_path / "eval")],
-                              capture_output=True, text=True, env=_env(), cwd=ROOT)
+                              capture_output=True, text=True, env=run_env(), cwd=ROOT)
     assert evaluate.returncode == 0, evaluate.stderr
     assert (tmp_path / "eval" / "results.json").is_file()
 

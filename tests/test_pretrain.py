@@ -1,6 +1,5 @@
 """Pre-training end to end: the default command, the objective, resume after SIGKILL, DDP."""
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -11,35 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from maskdcpt.training.distributed import DistInfo
 from maskdcpt.training.optim import build_optimizer, cosine_factor, weight_decay_groups
 from maskdcpt.training.pretrain import PretrainTask, keep_maps, load_pretrain_config
 from maskdcpt.training.trainer import NonFiniteLossError, Trainer
 
+from conftest import TINY_PRETRAIN, last_weights, run_env
+
 ROOT = Path(__file__).resolve().parents[1]
-# Small and quick, but every part of the real path: embedded photos, engine, masking, 3 losses.
-FAST = [
-    "data.crop_size=64", "data.crops_per_image=2", "train.batch_size=4", "train.log_every=1",
-    "train.progress=false", "data.engine={types: [noise, jpeg, motion_blur, haze]}",
-]
-
-
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", NO_ALBUMENTATIONS_UPDATE="1", PYTHONUNBUFFERED="1")
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
 
 
 def _pretrain(out_dir, *overrides, **kwargs):
-    cmd = [sys.executable, str(ROOT / "tools" / "pretrain.py"), f"run.output_dir={out_dir}", "run.name=r", *FAST, *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, **kwargs)
-
-
-def _weights(run):
-    return load_file(str(Path(run) / "checkpoints" / "last.safetensors"))
+    cmd = [sys.executable, str(ROOT / "tools" / "pretrain.py"), f"run.output_dir={out_dir}", "run.name=r", *TINY_PRETRAIN, *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, env=run_env(), cwd=ROOT, **kwargs)
 
 
 def test_default_command_writes_a_complete_run_folder(tmp_path):
@@ -80,7 +64,7 @@ def test_default_command_writes_a_complete_run_folder(tmp_path):
 
 def test_config_errors_name_the_key():
     res = subprocess.run([sys.executable, str(ROOT / "tools" / "pretrain.py"), "train.maxsteps=3"],
-                         capture_output=True, text=True, env=_env(), cwd=ROOT)
+                         capture_output=True, text=True, env=run_env(), cwd=ROOT)
     assert res.returncode == 2
     assert "train.maxsteps" in res.stderr and "max_steps" in res.stderr
     with pytest.raises(ValueError, match="loss.w_cls"):
@@ -206,8 +190,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert straight.returncode == 0, straight.stderr
 
     cmd = [sys.executable, str(ROOT / "tools" / "pretrain.py"), f"run.output_dir={tmp_path / 'b'}", "run.name=r",
-           *FAST, *common]
-    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+           *TINY_PRETRAIN, *common]
+    proc = subprocess.Popen(cmd, env=run_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     weights = tmp_path / "b" / "r" / "checkpoints" / "last.safetensors"
     killed_at = None
     deadline = time.time() + 300
@@ -229,7 +213,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     resumed = _pretrain(tmp_path / "b", *common)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
-    a, b = _weights(tmp_path / "a" / "r"), _weights(tmp_path / "b" / "r")
+    a, b = last_weights(tmp_path / "a" / "r"), last_weights(tmp_path / "b" / "r")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -249,17 +233,17 @@ def test_two_process_gloo_run_matches_single_process(tmp_path):
     port = _free_port()
     procs = []
     for rank in range(2):
-        env = _env()
+        env = run_env()
         env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         cmd = [sys.executable, str(ROOT / "tools" / "pretrain.py"), f"run.output_dir={tmp_path / 'ddp'}", "run.name=r",
-               *FAST, *common]
+               *TINY_PRETRAIN, *common]
         procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err
-    a, b = _weights(tmp_path / "single" / "r"), _weights(tmp_path / "ddp" / "r")
+    a, b = last_weights(tmp_path / "single" / "r"), last_weights(tmp_path / "ddp" / "r")
     # The initial weights, as run_pretraining seeds them.
-    cfg = load_pretrain_config(None, [*FAST, *common])
+    cfg = load_pretrain_config(None, [*TINY_PRETRAIN, *common])
     torch.manual_seed(cfg.train.seed)
     from maskdcpt.training.distributed import DistInfo
 

@@ -23,6 +23,8 @@ from maskdcpt.models.restormer import (
     restormer_tiny,
 )
 
+from conftest import visible
+
 TINY = {
     "restormer_tiny": restormer_tiny,
     "restormer_tiny_bias": lambda masked=False, **kw: restormer_tiny(masked=masked, bias=True, **kw),
@@ -55,11 +57,6 @@ def build_pair(name: str, seed: int = 0) -> tuple[nn.Module, nn.Module]:
     masked = TINY[name](masked=True).eval()
     masked.load_state_dict(dense.state_dict(), strict=True)
     return dense, masked
-
-
-def visible(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Boolean (B, C, H, W) selector of t's visible positions."""
-    return F.interpolate(keep, size=t.shape[-2:], mode="nearest").bool().expand_as(t)
 
 
 def fixed_keep(batch: int, grid: tuple[int, int], seed: int = 1) -> torch.Tensor:

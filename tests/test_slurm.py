@@ -19,26 +19,22 @@ import pytest
 import yaml
 
 import torch
-from safetensors.torch import load_file
 
 from maskdcpt.launch import LaunchOptions, launch
 from maskdcpt.launch import sweep as sweep_mod
+
+from conftest import TINY_PRETRAIN, last_weights
 
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = "pretrain"
 # The tiny real pre-training (embedded photos, degradation engine, masking, 3 losses) on 64² crops.
-TINY = ["model.name=nafnet_tiny", "data.crop_size=64", "data.crops_per_image=2", "train.batch_size=4",
-        "train.log_every=1", "train.progress=false", "data.engine={types: [noise, jpeg, motion_blur, haze]}"]
+TINY = ["model.name=nafnet_tiny", *TINY_PRETRAIN]
 # Enough steps after the first checkpoint (step 4) that the test can interrupt a running job.
 STEPS = 40
 TRAIN = [*TINY, f"train.max_steps={STEPS}", "train.checkpoint_every=4"]
 JOB_TIMEOUT_S = 400
-
-
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "checkpoints" / "last.safetensors"))
 
 
 def _cluster_problem() -> str | None:
@@ -185,7 +181,7 @@ def test_interrupted_job_resumes_and_ends_with_the_uninterrupted_weights(runs, h
     assert resumed and int(resumed[-1]) >= 4, f"the requeued job did not resume from a checkpoint:\n{log[-2000:]}"
     if how == "preemption_signal":
         assert "requeueing; resume=" in log, "TrainingJob.checkpoint() was not called"
-    reference, interrupted = _weights(root / "reference"), _weights(root / how)
+    reference, interrupted = last_weights(root / "reference"), last_weights(root / how)
     assert len(reference) > 0 and reference.keys() == interrupted.keys()
     assert all(torch.equal(reference[k], interrupted[k]) for k in reference), "weights differ from the uninterrupted run"
 

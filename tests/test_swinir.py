@@ -16,6 +16,8 @@ from maskdcpt.models.swinir import (
     window_partition,
 )
 
+from conftest import visible
+
 P = 8  # window = mask patch size
 
 
@@ -44,8 +46,7 @@ def _keep_with_hidden_shifted_window(batch: int, h: int, w: int, seed: int = 3) 
 
 
 def _visible(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    m = torch.nn.functional.interpolate(keep, size=x.shape[-2:], mode="nearest").bool()
-    return x.masked_select(m.expand_as(x))
+    return x.masked_select(visible(x, keep))
 
 
 @pytest.fixture(scope="module")
