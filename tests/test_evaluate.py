@@ -51,8 +51,8 @@ def _write_pairs(folder: Path, names, size=(100, 104), seed=0, gt_names=None):
 
 def test_evaluate_end_to_end_matches_direct_metrics(tmp_path, monkeypatch):
     monkeypatch.delenv(lpips_module.ENV_VAR, raising=False)
-    _write_pairs(tmp_path / "sets" / "denoise", ["a.png", "b.png"], seed=1)
-    _write_pairs(tmp_path / "sets" / "derain", ["c.png"], size=(64, 72), seed=2)  # < 96: NIQE undefined
+    _write_pairs(tmp_path / "sets" / "denoise", ["a.png", "b.png"], size=(100, 196), seed=1)
+    _write_pairs(tmp_path / "sets" / "derain", ["c.png"], size=(64, 72), seed=2)  # < two 96x96 blocks: NIQE undefined
     spec = tmp_path / "sets" / "tasks.yaml"
     spec.write_text("tasks:\n  - {name: dn, lq: denoise/LQ, gt: denoise/GT}\n"
                     "  - {name: dr, lq: derain/LQ, gt: derain/GT}\n")
@@ -198,12 +198,12 @@ def _run_tool(*args):
 
 def test_tools_restore_and_evaluate_as_subprocesses(tiny_restorer, tmp_path):
     model, folder = tiny_restorer
-    _write_pairs(tmp_path / "set", ["p.png", "q.png"], size=(97, 101), seed=4)
+    _write_pairs(tmp_path / "set", ["p.png", "q.png"], size=(97, 197), seed=4)
     done = _run_tool("tools/restore.py", "--model", str(folder), "--tile", "64", "--overlap", "16",
                      str(tmp_path / "set" / "LQ"), str(tmp_path / "restored"))
     assert done.returncode == 0, done.stderr
     restored = cv2.imread(str(tmp_path / "restored" / "p.png"))
-    assert restored.shape == (97, 101, 3)
+    assert restored.shape == (97, 197, 3)
     expected = restore_image(model, read_rgb(tmp_path / "set" / "LQ" / "p.png")[0], tile=64, overlap=16)
     expected = np.round(expected.permute(1, 2, 0).numpy() * 255)[..., ::-1]
     assert np.abs(restored.astype(float) - expected).max() <= 1  # same computation, 8-bit rounding apart

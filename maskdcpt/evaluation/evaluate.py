@@ -227,7 +227,7 @@ def evaluate(model: nn.Module, data: str | os.PathLike | list[TaskData], out_dir
             if config.compute_niqe:
                 try:
                     row["niqe"] = niqe(out, crop_border=config.crop_border)
-                except ValueError:  # smaller than one 96×96 block
+                except ValueError:  # fewer than two 96×96 blocks
                     row["niqe"] = math.nan
                     niqe_too_small += 1
             if config.save_images and out_dir is not None:
@@ -240,7 +240,7 @@ def evaluate(model: nn.Module, data: str | os.PathLike | list[TaskData], out_dir
     result.pooled = {"task": "all images", **_summary(result.images, metrics)}
     log(format_table(result, metrics))
     if niqe_too_small:
-        result.notes.append(f"NIQE undefined for {niqe_too_small} images smaller than 96x96 (NaN, left out of means)")
+        result.notes.append(f"NIQE undefined for {niqe_too_small} images with fewer than two 96x96 blocks (NaN, left out of means)")
         log(result.notes[-1])
     if out_dir is not None:
         write_results(result, out_dir, metrics)
