@@ -10,6 +10,8 @@ Two layers:
   quantisation (MaskDCPT configs, ``image_range: 1.0``); ``data_range='uint8'`` first rounds to 8 bits
   exactly like BasicSR's ``tensor2img`` (clamp, ``*255``, ``round``) — the ``image_range: 255`` path.
 
+Scales: PSNR in dB, higher is better (identical images: ``inf``); SSIM at most 1 (identical), higher is better.
+
 Definitions (facts of BasicSR):
 * Y channel: ITU-R BT.601 "studio swing" luma, Y = 16 + (65.481 R + 128.553 G + 24.966 B) with R, G, B in
   [0, 1], so Y lies in [16, 235]; it is not rounded.
