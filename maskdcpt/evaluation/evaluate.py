@@ -160,7 +160,7 @@ def _tasks_from_yaml(path: Path) -> list[TaskData]:
 
 def _first_number(stem: str) -> str | None:
     found = re.search(r"\d+", stem)
-    return found.group().lstrip("0") or "0" if found else None
+    return (found.group().lstrip("0") or "0") if found else None
 
 
 def pair_images(task: TaskData) -> list[tuple[Path, Path]]:
