@@ -52,8 +52,8 @@ def _write_pairs(folder: Path, names, size=(100, 104), seed=0, gt_names=None):
 
 def test_evaluate_end_to_end_matches_direct_metrics(tmp_path, monkeypatch):
     monkeypatch.delenv(lpips_module.ENV_VAR, raising=False)
-    _write_pairs(tmp_path / "sets" / "denoise", ["a.png", "b.png"], seed=1)
-    _write_pairs(tmp_path / "sets" / "derain", ["c.png"], size=(64, 72), seed=2)  # < 96: NIQE undefined
+    _write_pairs(tmp_path / "sets" / "denoise", ["a.png", "b.png"], size=(100, 196), seed=1)
+    _write_pairs(tmp_path / "sets" / "derain", ["c.png"], size=(64, 72), seed=2)  # < two 96x96 blocks: NIQE undefined
     spec = tmp_path / "sets" / "tasks.yaml"
     spec.write_text("tasks:\n  - {name: dn, lq: denoise/LQ, gt: denoise/GT}\n"
                     "  - {name: dr, lq: derain/LQ, gt: derain/GT}\n")
@@ -69,11 +69,17 @@ def test_evaluate_end_to_end_matches_direct_metrics(tmp_path, monkeypatch):
             out = restore_image(model, read_rgb(lq_path)[0])
             gt = read_rgb(tmp_path / "sets" / folder / "GT" / lq_path.name)[0]
             kw = dict(crop_border=2, y_channel=True, data_range="uint8")
-            expected[(task, lq_path.name)] = (psnr(out, gt, **kw), ssim(out, gt, **kw))
+            lq = read_rgb(lq_path)[0]
+            expected[(task, lq_path.name)] = (psnr(out, gt, **kw), ssim(out, gt, **kw), psnr(lq, gt, **kw),
+                                              ssim(lq, gt, **kw))
     rows = {(r["task"], r["image"]): r for r in result.images}
     assert set(rows) == set(expected)
-    for key, (p, s) in expected.items():
+    for key, (p, s, p_in, s_in) in expected.items():
         assert rows[key]["psnr"] == pytest.approx(p, abs=1e-9) and rows[key]["ssim"] == pytest.approx(s, abs=1e-12)
+        # the input baseline: the LQ image itself against GT, same metric settings, and the gain over it
+        assert rows[key]["input_psnr"] == pytest.approx(p_in, abs=1e-9)
+        assert rows[key]["input_ssim"] == pytest.approx(s_in, abs=1e-12)
+        assert rows[key]["gain_psnr"] == pytest.approx(p - p_in, abs=1e-9)
     assert np.isnan(rows[("dr", "c.png")]["niqe"]) and np.isfinite(rows[("dn", "a.png")]["niqe"])
     dn = next(t for t in result.tasks if t["task"] == "dn")
     assert dn["count"] == 2 and dn["psnr"] == pytest.approx(np.mean([expected[("dn", n)][0] for n in "a.png b.png".split()]))
@@ -94,8 +100,16 @@ def test_evaluate_end_to_end_matches_direct_metrics(tmp_path, monkeypatch):
     skip_lines = [line for entry in logged for line in entry.splitlines() if line.startswith("LPIPS skipped")]
     assert len(skip_lines) == 1 and lpips_module.ENV_VAR in skip_lines[0]
     table = logged[-2]
-    assert table.splitlines()[0].split() == ["task", "images", "PSNR", "SSIM", "NIQE"] and "lpips" not in csv_rows[0]
-    assert f"{result.overall['psnr']:.2f}" in table
+    assert table.splitlines()[0].split() == ["task", "images", "PSNR", "SSIM", "NIQE", "LQ", "PSNR", "LQ", "SSIM",
+                                             "gain", "dB", "gain", "SSIM"] and "lpips" not in csv_rows[0]
+    assert f"{result.overall['psnr']:.2f}" in table and f"{result.overall['input_psnr']:.2f}" in table
+    assert f"{result.overall['gain_psnr']:+.2f}" in table
+    assert list(csv_rows[0]) == ["task", "image", "psnr", "ssim", "niqe", "input_psnr", "input_ssim", "gain_psnr",
+                                 "gain_ssim"]
+    for line in table.splitlines()[2:]:  # a task the restorer made worse says so on its line
+        if line.split()[0] in ("dn", "dr"):
+            task = next(t for t in result.tasks if t["task"] == line.split()[0])
+            assert line.endswith("<- worse than the input") == (task["gain_psnr"] < 0)
     assert logged[-1].startswith("NIQE undefined for 1 images")
 
 
@@ -199,12 +213,12 @@ def _run_tool(*args):
 
 def test_tools_restore_and_evaluate_as_subprocesses(tiny_restorer, tmp_path):
     model, folder = tiny_restorer
-    _write_pairs(tmp_path / "set", ["p.png", "q.png"], size=(97, 101), seed=4)
+    _write_pairs(tmp_path / "set", ["p.png", "q.png"], size=(97, 197), seed=4)
     done = _run_tool("tools/restore.py", "--model", str(folder), "--tile", "64", "--overlap", "16",
                      str(tmp_path / "set" / "LQ"), str(tmp_path / "restored"))
     assert done.returncode == 0, done.stderr
     restored = cv2.imread(str(tmp_path / "restored" / "p.png"))
-    assert restored.shape == (97, 101, 3)
+    assert restored.shape == (97, 197, 3)
     expected = restore_image(model, read_rgb(tmp_path / "set" / "LQ" / "p.png")[0], tile=64, overlap=16)
     expected = np.round(expected.permute(1, 2, 0).numpy() * 255)[..., ::-1]
     assert np.abs(restored.astype(float) - expected).max() <= 1  # same computation, 8-bit rounding apart
@@ -251,3 +265,31 @@ def test_evaluate_tool_settings_file_then_flags_then_overrides(tmp_path, capsys)
     assert tool.main(["--model", "m", "--data", "d", "--config", str(settings), "y_chanel=true"]) == 2
     assert re.search(r"unknown config key 'y_chanel'; valid keys: crop_border, y_channel, .* \(in .*eval.yaml\)",
                      capsys.readouterr().err)
+
+
+def test_evaluate_tool_benchmark_and_no_reference_modes(tiny_restorer, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(lpips_module.ENV_VAR, raising=False)
+    _, folder = tiny_restorer
+    tool = _evaluate_tool()
+    _write_pairs(tmp_path / "data" / "Rain100L", ["1.png"], size=(40, 52), gt_names=None)
+    (tmp_path / "data" / "Rain100L" / "LQ").rename(tmp_path / "data" / "Rain100L" / "input")
+    (tmp_path / "data" / "Rain100L" / "GT").rename(tmp_path / "data" / "Rain100L" / "target")
+    assert tool.main(["--model", str(folder), "--benchmark", "5d", "--datasets", str(tmp_path / "data"),
+                      "--out", str(tmp_path / "bench"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "missing: GoPro (Deblur)" in out and "Average (1/5)" in out and "Rain100L" in out
+    assert json.loads((tmp_path / "bench" / "benchmark.json").read_text())["columns"][0]["task"] == "Derain"
+
+    assert tool.main(["--no-reference", str(tmp_path / "data" / "Rain100L" / "target"), "--inputs",
+                      str(tmp_path / "data" / "Rain100L" / "input"), "--out", str(tmp_path / "nr")]) == 0
+    assert "PIQE" in capsys.readouterr().out and (tmp_path / "nr" / "no_reference.csv").is_file()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--benchmark", "5d", "--datasets", "x"], "--model is needed with --benchmark"),
+    (["--model", "m", "--benchmark", "5d"], "--benchmark needs --datasets ROOT"),
+    (["--model", "m", "--data", "d", "--inputs", "i"], "--inputs goes with --no-reference"),
+])
+def test_evaluate_tool_mode_errors(argv, message, capsys):
+    assert _evaluate_tool().main(argv) == 2
+    assert message in capsys.readouterr().err

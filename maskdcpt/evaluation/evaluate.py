@@ -1,17 +1,21 @@
-"""Evaluate a restorer on paired test sets: PSNR/SSIM per image, per task and overall, LPIPS when its weights
-are on disk, NIQE of the outputs; a console table, CSV and JSON files.
+"""Evaluate a restorer on paired test sets: PSNR/SSIM per image, per task and overall, beside the input's own
+PSNR/SSIM (LQ against GT) and the gain; LPIPS when its weights are on disk, NIQE of the outputs; a console table,
+CSV and JSON files.
 
 Data is either
 
 * a paired folder with ``LQ/`` and ``GT/`` subfolders (one task, named after the folder), or a folder whose
   subfolders are such paired folders (one task each), or
-* a YAML file ``{tasks: [{name: derain, lq: DIR, gt: DIR}, ...]}`` (relative paths are relative to the file).
+* a YAML file ``{tasks: [{name: derain, lq: DIR, gt: DIR}, ...]}`` (relative paths are relative to the file), or
+* :class:`TaskData` lists built by :mod:`.benchmarks` (the published test sets, some with LQ made from GT).
 
 An LQ image's ground truth is the GT file of the same name, else of the same stem, else the GT whose stem is
-the LQ stem's part before the first ``_`` (SOTS-outdoor: ``0001_0.8_0.2.jpg`` → ``0001.png``).
+the LQ stem's part before the first ``_`` (SOTS-outdoor: ``0001_0.8_0.2.jpg`` → ``0001.png``), else the only GT
+with the same first number in its stem (``rain-001`` → ``norain-001``, ``low00690`` → ``normal00690``).
 
 "Overall" is the mean of the per-task means (the "average" column of the papers), and also reported is the mean
-over all images pooled.
+over all images pooled. ``gain_psnr`` / ``gain_ssim`` = restored − input: negative means the restorer made the
+images worse than doing nothing.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import csv
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -31,16 +36,23 @@ from ..config import load_config
 from .metrics import psnr, ssim
 from .restore import list_images, read_rgb, restore_image, with_prior, write_rgb
 
-METRIC_NAMES = ("psnr", "ssim", "lpips", "niqe")
+METRIC_NAMES = ("psnr", "ssim", "lpips", "niqe", "input_psnr", "input_ssim", "gain_psnr", "gain_ssim")
 
 
 @dataclass(frozen=True)
 class TaskData:
-    """One test set: a name and its low-quality and ground-truth folders."""
+    """One test set: a name and its low-quality and ground-truth folders.
+
+    ``synthesize``: makes the LQ from the GT ((3, H, W) float32 [0, 1] → same), for sets published as clean
+    images only (``lq`` is then the GT folder); ``recursive``: images in subfolders too, matched by relative
+    path; ``y_channel``: the set's own metric convention, None = the evaluation's setting."""
 
     name: str
     lq: Path
     gt: Path
+    synthesize: Callable[[torch.Tensor], torch.Tensor] | None = None
+    recursive: bool = False
+    y_channel: bool | None = None
 
 
 @dataclass
@@ -146,16 +158,34 @@ def _tasks_from_yaml(path: Path) -> list[TaskData]:
     return tasks
 
 
+def _first_number(stem: str) -> str | None:
+    found = re.search(r"\d+", stem)
+    return (found.group().lstrip("0") or "0") if found else None
+
+
 def pair_images(task: TaskData) -> list[tuple[Path, Path]]:
-    """(LQ, GT) file pairs of a task, sorted by LQ name; every LQ must have a GT."""
-    lqs, gts = list_images(task.lq), list_images(task.gt)
+    """(LQ, GT) file pairs of a task, sorted by LQ name; every LQ must have a GT (module docstring)."""
+    lqs, gts = list_images(task.lq, task.recursive), list_images(task.gt, task.recursive)
     if not lqs:
         raise ValueError(f"task {task.name}: no images in {task.lq}")
-    by_name = {p.name: p for p in gts}
-    by_stem = {p.stem: p for p in gts}
+    if task.synthesize is not None:
+        return [(p, p) for p in gts]
+
+    def key(path: Path, root: Path) -> str:
+        return str(path.relative_to(root).with_suffix("")) if task.recursive else path.stem
+
+    by_name = {str(p.relative_to(task.gt)): p for p in gts}
+    by_stem = {key(p, task.gt): p for p in gts}
+    numbers: dict[str | None, list[Path]] = {}
+    for p in gts:
+        numbers.setdefault(_first_number(p.stem), []).append(p)
     pairs, unmatched = [], []
     for lq in lqs:
-        gt = by_name.get(lq.name) or by_stem.get(lq.stem) or by_stem.get(lq.stem.split("_")[0])
+        stem = key(lq, task.lq)
+        number = _first_number(lq.stem)
+        by_number = numbers.get(number, []) if number is not None else []
+        gt = (by_name.get(str(lq.relative_to(task.lq))) or by_stem.get(stem) or by_stem.get(stem.split("_")[0])
+              or (by_number[0] if len(by_number) == 1 and not task.recursive else None))
         if gt is None:
             unmatched.append(lq.name)
         else:
@@ -203,22 +233,24 @@ def evaluate(model: nn.Module, data: str | os.PathLike | list[TaskData], out_dir
         result.notes.append(f"LPIPS skipped: {reason}")
         log(result.notes[-1])
     metrics = ["psnr", "ssim"] + (["lpips"] if lpips_model is not None else []) + (
-        ["niqe"] if config.compute_niqe else [])
+        ["niqe"] if config.compute_niqe else []) + ["input_psnr", "input_ssim", "gain_psnr", "gain_ssim"]
 
     niqe_too_small = 0
     for task in tasks:
         pairs = pair_images(task)
         rows = []
         for lq_path, gt_path in tqdm(pairs, desc=task.name, unit="img", disable=not progress):
-            lq, _ = read_rgb(lq_path)
             gt, bits = read_rgb(gt_path)
+            lq = task.synthesize(gt) if task.synthesize is not None else read_rgb(lq_path)[0]
             if lq.shape != gt.shape:
                 raise ValueError(f"task {task.name}: {lq_path} is {tuple(lq.shape[1:])} but its GT {gt_path} is "
                                  f"{tuple(gt.shape[1:])}")
             model_input = with_prior(model, lq, lq_path, config.prior)
             out = restore_image(model, model_input, tile=config.tile, overlap=config.overlap, device=device)
-            row: dict[str, Any] = {"task": task.name, "image": lq_path.name}
-            kwargs = dict(crop_border=config.crop_border, y_channel=config.y_channel, data_range=config.data_range)
+            name = str(lq_path.relative_to(task.lq)) if task.recursive else lq_path.name
+            row: dict[str, Any] = {"task": task.name, "image": name}
+            y_channel = config.y_channel if task.y_channel is None else task.y_channel
+            kwargs = dict(crop_border=config.crop_border, y_channel=y_channel, data_range=config.data_range)
             row["psnr"] = psnr(out, gt, **kwargs)
             row["ssim"] = ssim(out, gt, **kwargs)
             if lpips_model is not None:
@@ -227,11 +259,15 @@ def evaluate(model: nn.Module, data: str | os.PathLike | list[TaskData], out_dir
             if config.compute_niqe:
                 try:
                     row["niqe"] = niqe(out, crop_border=config.crop_border)
-                except ValueError:  # smaller than one 96×96 block
+                except ValueError:  # fewer than two 96×96 blocks
                     row["niqe"] = math.nan
                     niqe_too_small += 1
+            row["input_psnr"] = psnr(lq, gt, **kwargs)
+            row["input_ssim"] = ssim(lq, gt, **kwargs)
+            row["gain_psnr"] = row["psnr"] - row["input_psnr"]
+            row["gain_ssim"] = row["ssim"] - row["input_ssim"]
             if config.save_images and out_dir is not None:
-                write_rgb(Path(out_dir) / "images" / task.name / lq_path.name, out, bits)
+                write_rgb(Path(out_dir) / "images" / task.name / name, out, bits)
             rows.append(row)
         result.images += rows
         result.tasks.append({"task": task.name, **_summary(rows, metrics)})
@@ -240,7 +276,7 @@ def evaluate(model: nn.Module, data: str | os.PathLike | list[TaskData], out_dir
     result.pooled = {"task": "all images", **_summary(result.images, metrics)}
     log(format_table(result, metrics))
     if niqe_too_small:
-        result.notes.append(f"NIQE undefined for {niqe_too_small} images smaller than 96x96 (NaN, left out of means)")
+        result.notes.append(f"NIQE undefined for {niqe_too_small} images with fewer than two 96x96 blocks (NaN, left out of means)")
         log(result.notes[-1])
     if out_dir is not None:
         write_results(result, out_dir, metrics)
@@ -248,17 +284,31 @@ def evaluate(model: nn.Module, data: str | os.PathLike | list[TaskData], out_dir
 
 
 # ------------------------------------------------------------------------------------------------ output
+_HEADERS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "niqe": "NIQE", "input_psnr": "LQ PSNR",
+            "input_ssim": "LQ SSIM", "gain_psnr": "gain dB", "gain_ssim": "gain SSIM"}
+_DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "niqe": 3, "input_psnr": 2, "input_ssim": 4, "gain_psnr": 2,
+           "gain_ssim": 4}
+
+
+def _cell(value: float, metric: str) -> str:
+    digits = _DIGITS[metric]
+    return f"{value:+.{digits}f}" if metric.startswith("gain") and math.isfinite(value) else f"{value:.{digits}f}"
+
+
 def format_table(result: EvalResult, metrics: list[str]) -> str:
-    """A fixed-width console table: one line per task, then the overall and pooled lines."""
-    digits = {"psnr": 2, "ssim": 4, "lpips": 4, "niqe": 3}
+    """A fixed-width console table: one line per task, then the overall and pooled lines. "LQ" columns score
+    the input itself against GT; a task whose restored PSNR is below its input's is marked."""
     rows = result.tasks + [result.overall, result.pooled]
     width = max(len(str(r["task"])) for r in rows) + 2
-    header = f"{'task':<{width}}{'images':>8}" + "".join(f"{m.upper():>10}" for m in metrics)
+    header = f"{'task':<{width}}{'images':>8}" + "".join(f"{_HEADERS[m]:>11}" for m in metrics)
     lines = [header, "-" * len(header)]
     for i, r in enumerate(rows):
         if i == len(result.tasks):
             lines.append("-" * len(header))
-        lines.append(f"{r['task']:<{width}}{r['count']:>8}" + "".join(f"{r[m]:>10.{digits[m]}f}" for m in metrics))
+        line = f"{r['task']:<{width}}{r['count']:>8}" + "".join(f"{_cell(r[m], m):>11}" for m in metrics)
+        if r.get("gain_psnr", 0) < 0:
+            line += "  <- worse than the input"
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -10,6 +10,8 @@ Two layers:
   quantisation (MaskDCPT configs, ``image_range: 1.0``); ``data_range='uint8'`` first rounds to 8 bits
   exactly like BasicSR's ``tensor2img`` (clamp, ``*255``, ``round``) — the ``image_range: 255`` path.
 
+Scales: PSNR in dB, higher is better (identical images: ``inf``); SSIM at most 1 (identical), higher is better.
+
 Definitions (facts of BasicSR):
 * Y channel: ITU-R BT.601 "studio swing" luma, Y = 16 + (65.481 R + 128.553 G + 24.966 B) with R, G, B in
   [0, 1], so Y lies in [16, 235]; it is not rounded.
@@ -138,6 +140,28 @@ def to_255_scale(img: np.ndarray | torch.Tensor, data_range: DataRange) -> np.nd
         img = img.detach().to("cpu", torch.float64).permute(1, 2, 0).numpy()
     x = np.clip(np.asarray(img, dtype=np.float64), 0.0, 1.0) * 255.0
     return np.round(x) if data_range == "uint8" else x
+
+
+def to_unit_array(img: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Any image the no-reference metrics accept → float64 numpy on [0, 1]: (H, W, 3) RGB or (H, W) grey.
+
+    uint8 is divided by 255, uint16 by 65535, floats are clamped to [0, 1]; a torch tensor is (3, H, W) or
+    (H, W) on [0, 1]."""
+    if isinstance(img, torch.Tensor):
+        img = img.detach().to("cpu", torch.float64).clamp(0, 1)
+        img = img.permute(1, 2, 0) if img.ndim == 3 else img
+        img = img.numpy()
+    img = np.asarray(img)
+    if img.dtype == np.uint8:
+        unit = img.astype(np.float64) / 255.0
+    elif img.dtype == np.uint16:
+        unit = img.astype(np.float64) / 65535.0
+    else:
+        unit = np.clip(img.astype(np.float64), 0.0, 1.0)
+    if not (unit.ndim == 2 or (unit.ndim == 3 and unit.shape[-1] == 3)):
+        raise ValueError(f"expected an (H, W, 3) RGB or (H, W) grey image (or a (3, H, W) tensor), got shape "
+                         f"{unit.shape}")
+    return unit
 
 
 def _batched(pred, gt) -> list[tuple]:

@@ -1,23 +1,31 @@
-"""NIQE, the no-reference "Natural Image Quality Evaluator" (Mittal et al., 2013), with our own pristine model.
+"""NIQE, the no-reference "Natural Image Quality Evaluator" (Mittal et al., 2013), on the scale papers report.
 
-**Our NIQE values are on our own scale, not MATLAB's.** The original pristine multivariate-Gaussian (MVG)
-parameters (fitted by the authors on 125 pristine photographs) are not shipped here. We fit our own MVG with
-:func:`fit_pristine_model` on the natural photographs that come with scikit-image
-(``skimage.data.data_dir``) and ship the result as ``evaluation/data/niqe_pristine.npz``; rebuild it with::
+**Scale.** Lower is better; a sharp, clean photograph scores about 3–5, visibly blurred or noisy ones 6–15.
+By default the quality is measured against the authors' pristine model (the mean and covariance of their
+125 pristine photographs, from the MATLAB release; ``evaluation/data/niqe_pris_params.npz``, see the
+``NOTICE`` beside it), so values are those of MATLAB's ``niqe`` release code and of BasicSR's
+``calculate_niqe(img, crop_border, convert_to='y')``: within 0.01 of BasicSR on the images in ``tests/data``;
+BasicSR's check image ``baboon.png`` gives 5.7296 here, as in MATLAB R2021a (5.72957).
 
-    python -m maskdcpt.evaluation.niqe fit --out maskdcpt/evaluation/data/niqe_pristine.npz
+**Conventions** (those of BasicSR's ``calculate_niqe`` with ``convert_to='y'``, which the papers use):
 
-Lower is better. Numbers are comparable between runs of this package, not with papers.
+* the image is reduced to its BT.601 luma Y on [16, 235] (``rgb_to_y``), ``crop_border`` pixels are dropped
+  at each side, and Y is **rounded** to integers (as MATLAB reads 8-bit images);
+* Y is cut to whole 96×96 blocks (the remainder at the right and bottom is dropped); at least **two** blocks
+  are needed (an image of at least 96×192 after cropping), else :class:`ValueError`;
+* per block and at two scales (full; then ½ by MATLAB's antialiased bicubic ``imresize``, see
+  :mod:`.imresize`), the MSCN coefficients ``(I − μ) / (σ + 1)`` (μ, σ from a 7×7 Gaussian window, σ_w = 7/6,
+  replicated borders) give 18 features: an AGGD fit of the coefficients (shape α, mean of the two scales
+  β_l, β_r) and, for the products of each coefficient with its neighbour in four directions (0,1), (1,0),
+  (1,1), (1,−1) (cyclic shift within the block), an AGGD fit (α, (β_r − β_l)·Γ(2/α)/Γ(1/α), β_l, β_r);
+* the quality is ``sqrt((μ_p − μ_d)ᵀ pinv((Σ_p + Σ_d)/2) (μ_p − μ_d))`` between the pristine MVG (μ_p, Σ_p)
+  and the MVG of the image's block features (μ_d: NaN-ignoring mean, Σ_d: covariance of the blocks without
+  NaN features). A flat block (no negative or no positive coefficient) has NaN scales and shape 0.2, as in
+  MATLAB, whose ``min`` over NaNs picks the first candidate.
 
-The features follow the paper and BasicSR's port: the luma (BT.601 Y, [16, 235], rounded) is split into
-96×96 blocks; for each block and at two scales (full, then ½ by 2×2 area averaging) the MSCN coefficients
-``(I − μ) / (σ + 1)`` (μ, σ from a 7×7 Gaussian window, σ_w = 7/6, replicate borders) give 18 features: an
-AGGD fit of the coefficients (shape α, mean of the two scales β_l, β_r) and, for the products of each
-coefficient with its neighbour in four directions (0,1), (1,0), (1,1), (1,−1) (cyclic shift), an AGGD fit
-(α, mean (β_r − β_l)·Γ(2/α)/Γ(1/α), β_l, β_r). The quality is the distance
-``sqrt((μ_p − μ_d)ᵀ pinv((Σ_p + Σ_d)/2) (μ_p − μ_d))`` between the pristine MVG (μ_p, Σ_p) and the MVG of the
-image's block features (μ_d, Σ_d). The pristine fit keeps, per image, blocks whose sharpness (mean local σ)
-exceeds 0.75 of that image's sharpest block, as the original does.
+Our own pristine model: :func:`fit_pristine_model` fits the MVG on photographs you choose, like MATLAB's
+``fitniqe``, for a domain the authors' photographs do not represent (microscopy, remote sensing, …); pass it
+as ``niqe(img, model=...)``. Values against such a model are on that model's own scale, not the papers'.
 """
 from __future__ import annotations
 
@@ -29,21 +37,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import cv2
 import numpy as np
 import torch
 from scipy.ndimage import convolve
 from scipy.special import gamma
 
 from ..data.decode import SkipImage, read_image
-from .metrics import rgb_to_y
+from .imresize import imresize
+from .metrics import rgb_to_y, to_unit_array
 
 BLOCK_SIZE = 96
 NUM_FEATURES = 36  # 18 per scale, 2 scales
-DEFAULT_PRISTINE_PATH = Path(__file__).with_name("data") / "niqe_pristine.npz"
-# scikit-image's natural photographs (colour and grey); drawings, microscopy and astronomy are left out.
-PRISTINE_SAMPLE_IMAGES = ("astronaut.png", "camera.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
-                          "motorcycle_right.png", "brick.png", "grass.png", "gravel.png", "coins.png")
+DEFAULT_PRISTINE_PATH = Path(__file__).with_name("data") / "niqe_pris_params.npz"
 SHARPNESS_FRACTION = 0.75
 
 
@@ -60,11 +65,12 @@ class PristineModel:
 
 
 def load_pristine_model(path: str | os.PathLike | None = None) -> PristineModel:
-    """Load ``mu``/``cov`` from an ``.npz`` file (default: the one shipped with the package)."""
+    """Load a pristine MVG from an ``.npz`` file: the authors' model shipped with the package (default), a
+    file with MATLAB's names (``mu_pris_param``, ``cov_pris_param``) or one written by :meth:`PristineModel.save`
+    (``mu``, ``cov``)."""
     path = Path(path) if path is not None else DEFAULT_PRISTINE_PATH
     if not path.is_file():
-        raise FileNotFoundError(f"NIQE pristine model not found: {path} "
-                                "(build it with `python -m maskdcpt.evaluation.niqe fit --out PATH`)")
+        raise FileNotFoundError(f"NIQE pristine model not found: {path}")
     return _load_cached(str(path.resolve()), path.stat().st_mtime)
 
 
@@ -72,11 +78,15 @@ def load_pristine_model(path: str | os.PathLike | None = None) -> PristineModel:
 def _load_cached(path: str, _mtime: float) -> PristineModel:
     try:
         with np.load(path) as data:
-            mu, cov = np.asarray(data["mu"], np.float64), np.asarray(data["cov"], np.float64)
+            keys = ("mu_pris_param", "cov_pris_param") if "mu_pris_param" in data.files else ("mu", "cov")
+            mu, cov = (np.asarray(data[k], np.float64) for k in keys)
     except (KeyError, ValueError, OSError) as err:
-        raise ValueError(f"{path} is not a NIQE pristine model (.npz with 'mu' and 'cov'): {err}") from err
+        raise ValueError(f"{path} is not a NIQE pristine model (.npz with 'mu' and 'cov', or 'mu_pris_param' "
+                         f"and 'cov_pris_param'): {err}") from err
+    mu = mu.reshape(-1) if mu.size == NUM_FEATURES else mu
     if mu.shape != (NUM_FEATURES,) or cov.shape != (NUM_FEATURES, NUM_FEATURES):
-        raise ValueError(f"{path}: expected mu (36,) and cov (36, 36), got {mu.shape} and {cov.shape}")
+        raise ValueError(f"{path}: expected a mean of 36 values and a (36, 36) covariance, got {mu.shape} and "
+                         f"{cov.shape}")
     return PristineModel(mu, cov)
 
 
@@ -92,7 +102,7 @@ def _aggd_lookup() -> tuple[np.ndarray, np.ndarray]:
 def fit_aggd(x: np.ndarray) -> tuple[float, float, float]:
     """Moment-matching fit of an asymmetric generalised Gaussian: (shape α, left scale β_l, right scale β_r).
 
-    NaNs come back when ``x`` has no negative or no positive values (e.g. a flat block)."""
+    Without negative (positive) values β_l (β_r) is NaN and α is the first candidate, 0.2, as in MATLAB."""
     x = x.ravel()
     with np.errstate(invalid="ignore", divide="ignore"):
         left_std = np.sqrt(np.mean(x[x < 0] ** 2)) if np.any(x < 0) else np.nan
@@ -100,10 +110,8 @@ def fit_aggd(x: np.ndarray) -> tuple[float, float, float]:
         gamma_hat = left_std / right_std
         r_hat = np.mean(np.abs(x)) ** 2 / np.mean(x ** 2)
         r_hat_norm = r_hat * (gamma_hat ** 3 + 1) * (gamma_hat + 1) / (gamma_hat ** 2 + 1) ** 2
-    if not np.isfinite(r_hat_norm):
-        return math.nan, math.nan, math.nan
     alphas, ratio = _aggd_lookup()
-    alpha = alphas[np.argmin((ratio - r_hat_norm) ** 2)]
+    alpha = alphas[np.argmin((ratio - r_hat_norm) ** 2)] if np.isfinite(r_hat_norm) else alphas[0]
     spread = math.sqrt(gamma(1 / alpha) / gamma(3 / alpha))
     return float(alpha), float(left_std * spread), float(right_std * spread)
 
@@ -118,8 +126,7 @@ def block_features(mscn_block: np.ndarray) -> list[float]:
     for shift in _NEIGHBOUR_SHIFTS:
         products = mscn_block * np.roll(mscn_block, shift, axis=(0, 1))
         alpha, beta_l, beta_r = fit_aggd(products)
-        mean = (beta_r - beta_l) * gamma(2 / alpha) / gamma(1 / alpha) if np.isfinite(alpha) else math.nan
-        features += [alpha, mean, beta_l, beta_r]
+        features += [alpha, (beta_r - beta_l) * gamma(2 / alpha) / gamma(1 / alpha), beta_l, beta_r]
     return features
 
 
@@ -132,8 +139,12 @@ def _mscn_window() -> np.ndarray:
 
 
 def mscn(luma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean-subtracted contrast-normalised coefficients of an (H, W) image on [0, 255], and local σ."""
-    window = _mscn_window()
+    """Mean-subtracted contrast-normalised coefficients of an (H, W) image on [0, 255], and local σ; float32.
+
+    In single precision on purpose: MATLAB's ``niqe`` and BasicSR filter in single precision, and σ² = E[I²] − μ²
+    loses digits there; matching them moves baboon.png from 5.72996 (float64) to their 5.72957."""
+    window = _mscn_window().astype(np.float32)
+    luma = np.asarray(luma, np.float32)
     mu = convolve(luma, window, mode="nearest")
     sigma = np.sqrt(np.abs(convolve(luma * luma, window, mode="nearest") - mu * mu))
     return (luma - mu) / (sigma + 1.0), sigma
@@ -147,57 +158,53 @@ def image_block_features(luma: np.ndarray, offset: tuple[int, int] = (0, 0)) -> 
     if rows == 0 or cols == 0:
         raise ValueError(f"NIQE needs an image of at least {BLOCK_SIZE}x{BLOCK_SIZE} pixels, got {luma.shape}")
     img = luma[: rows * BLOCK_SIZE, : cols * BLOCK_SIZE]
+    blocks = [(i, j) for j in range(cols) for i in range(rows)]
     per_scale, sharpness = [], None
     for scale in (1, 2):
         coeffs, sigma = mscn(img)
         size = BLOCK_SIZE // scale
-        blocks = [(i, j) for j in range(cols) for i in range(rows)]
         per_scale.append(np.array([block_features(coeffs[i * size:(i + 1) * size, j * size:(j + 1) * size])
                                    for i, j in blocks]))
         if scale == 1:
             sharpness = np.array([sigma[i * size:(i + 1) * size, j * size:(j + 1) * size].mean() for i, j in blocks])
-            # ½ scale: 2×2 area averaging (BasicSR uses bilinear at exactly half, which is the same average)
-            img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
+            img = imresize(img, 0.5)  # MATLAB's antialiased bicubic, as the release code resizes
     return np.concatenate(per_scale, axis=1), sharpness
 
 
 def to_luma(img: np.ndarray | torch.Tensor) -> np.ndarray:
-    """RGB image → rounded BT.601 Y on [16, 235], (H, W) float64.
-
-    Accepts uint8 (H, W, 3) on [0, 255], 16-bit (H, W, 3), float (H, W, 3) on [0, 1], a (3, H, W) float tensor
-    on [0, 1], or an (H, W) grey image on the same scales (used as it is)."""
-    if isinstance(img, torch.Tensor):
-        img = img.detach().cpu().double().clamp(0, 1).permute(1, 2, 0).numpy()
-    img = np.asarray(img)
-    if img.dtype == np.uint8:
-        scaled = img.astype(np.float64)
-    elif img.dtype == np.uint16:
-        scaled = img.astype(np.float64) / 257.0
-    else:
-        scaled = np.clip(img.astype(np.float64), 0, 1) * 255.0
-    if scaled.ndim == 2:
-        return np.round(scaled)
-    if scaled.ndim != 3 or scaled.shape[-1] != 3:
-        raise ValueError(f"NIQE expects an (H, W, 3) RGB or (H, W) grey image, got shape {scaled.shape}")
-    return np.round(rgb_to_y(scaled)[..., 0])  # rounded like the MATLAB reference
+    """RGB image → BT.601 Y on [16, 235], (H, W) float64, not yet rounded; a grey (H, W) image is only scaled
+    to [0, 255]. Accepts what :func:`~maskdcpt.evaluation.metrics.to_unit_array` accepts (uint8, uint16, float
+    on [0, 1], (3, H, W) tensors)."""
+    unit = to_unit_array(img)
+    return unit * 255.0 if unit.ndim == 2 else rgb_to_y(unit * 255.0)[..., 0]
 
 
 def niqe(img: np.ndarray | torch.Tensor, crop_border: int = 0, model: PristineModel | None = None) -> float:
-    """NIQE of an RGB image (see :func:`to_luma` for accepted inputs). Lower is better; our own scale.
+    """NIQE of an RGB image (see :func:`to_luma` for accepted inputs); lower is better. On MATLAB's scale with
+    the default ``model`` (the conventions are in the module docstring).
 
-    Needs at least one complete 96×96 block; with a single valid block the image's own covariance is unknown
-    and taken as zero (only the pristine covariance weighs the distance)."""
+    Raises ValueError for an image with fewer than two whole 96×96 blocks after ``crop_border``, where the
+    image's feature covariance is undefined, and for one whose blocks are all flat."""
     model = model or load_pristine_model()
     luma = to_luma(img)
+    if crop_border < 0:
+        raise ValueError(f"crop_border must be >= 0, got {crop_border}")
     if crop_border:
         luma = luma[crop_border:-crop_border, crop_border:-crop_border]
+    luma = np.round(luma)  # after the crop, as BasicSR does; MATLAB reads integer 8-bit values
+    blocks = (luma.shape[0] // BLOCK_SIZE) * (luma.shape[1] // BLOCK_SIZE)
+    if blocks < 2:
+        raise ValueError(f"NIQE needs at least two whole {BLOCK_SIZE}x{BLOCK_SIZE} blocks (an image of at least "
+                         f"{BLOCK_SIZE}x{2 * BLOCK_SIZE} after crop_border={crop_border}); got "
+                         f"{luma.shape[0]}x{luma.shape[1]} with {blocks}")
     features, _ = image_block_features(luma)
-    mu = np.nanmean(features, axis=0)
     valid = features[~np.isnan(features).any(axis=1)]
-    cov = np.cov(valid, rowvar=False) if len(valid) > 1 else np.zeros_like(model.cov)
+    if len(valid) < 2:
+        raise ValueError(f"NIQE is undefined for this image: {blocks - len(valid)} of its {blocks} blocks are "
+                         "flat (no contrast), fewer than two are left")
+    mu = np.nanmean(features, axis=0)
     diff = model.mu - mu
-    if np.isnan(diff).any():
-        raise ValueError("NIQE is undefined for this image: every block is flat (no contrast)")
+    cov = np.cov(valid, rowvar=False)
     return float(np.sqrt(diff @ np.linalg.pinv((model.cov + cov) / 2) @ diff))
 
 
@@ -205,15 +212,15 @@ def niqe(img: np.ndarray | torch.Tensor, crop_border: int = 0, model: PristineMo
 def fit_pristine_model(images: Iterable[np.ndarray], sharpness_fraction: float = SHARPNESS_FRACTION,
                        offsets: Sequence[tuple[int, int]] = ((0, 0), (BLOCK_SIZE // 2, BLOCK_SIZE // 2))
                        ) -> PristineModel:
-    """Fit the pristine MVG on sharp blocks of pristine photographs.
+    """Fit a pristine MVG on sharp blocks of photographs you consider pristine (MATLAB's ``fitniqe``).
 
     ``images``: RGB or grey images as accepted by :func:`to_luma`. Each ``offsets`` entry adds the blocks of a
     shifted grid (more sharp crops of the same photographs); per image and grid, blocks sharper than
-    ``sharpness_fraction`` × the sharpest one are kept.
+    ``sharpness_fraction`` × the sharpest one are kept. Needs more than 36 such blocks.
     """
     rows = []
     for img in images:
-        luma = to_luma(img)
+        luma = np.round(to_luma(img))
         for offset in offsets:
             if min(luma.shape[0] - offset[0], luma.shape[1] - offset[1]) < BLOCK_SIZE:
                 continue
@@ -228,42 +235,26 @@ def fit_pristine_model(images: Iterable[np.ndarray], sharpness_fraction: float =
     return PristineModel(features.mean(axis=0), np.cov(features, rowvar=False))
 
 
-def sample_pristine_images(directory: str | os.PathLike | None = None) -> list[np.ndarray]:
-    """scikit-image's natural photographs as RGB or grey uint8 arrays (read from disk; nothing downloads)."""
-    if directory is None:
-        import skimage.data
-
-        directory = skimage.data.data_dir
-    images = []
-    for name in PRISTINE_SAMPLE_IMAGES:
-        path = Path(directory) / name
-        try:
-            images.append(read_image(str(path), keep_gray=True))
-        except SkipImage:
-            raise FileNotFoundError(f"pristine sample image missing or unreadable: {path}") from None
-    return images
-
-
 def _main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m maskdcpt.evaluation.niqe",
-                                     description="Fit the NIQE pristine model, or score images.")
+                                     description="Score images with NIQE, or fit a pristine model of your own.")
     sub = parser.add_subparsers(dest="command", required=True)
-    fit = sub.add_parser("fit", help="fit the pristine MVG on natural photographs")
-    fit.add_argument("--out", required=True, help="output .npz (mu, cov)")
-    fit.add_argument("--images", nargs="*", help="image files (default: scikit-image's sample photographs)")
     score = sub.add_parser("score", help="print the NIQE of image files")
     score.add_argument("images", nargs="+")
-    score.add_argument("--model", help="pristine .npz (default: the shipped one)")
+    score.add_argument("--crop-border", type=int, default=0)
+    score.add_argument("--model", help="pristine .npz (default: the authors' model, MATLAB's scale)")
+    fit = sub.add_parser("fit", help="fit a pristine MVG on photographs you choose (like MATLAB's fitniqe)")
+    fit.add_argument("--out", required=True, help="output .npz (mu, cov)")
+    fit.add_argument("images", nargs="+", help="pristine image files")
     args = parser.parse_args(argv)
     if args.command == "fit":
-        images = [_read_rgb(p) for p in args.images] if args.images else sample_pristine_images()
-        model = fit_pristine_model(images)
+        model = fit_pristine_model(_read_rgb(p) for p in args.images)
         model.save(args.out)
-        print(f"wrote {args.out}: pristine MVG from {len(images)} images")
+        print(f"wrote {args.out}: pristine MVG from {len(args.images)} images")
     else:
         model = load_pristine_model(args.model)
         for path in args.images:
-            print(f"{path}\t{niqe(_read_rgb(path), model=model):.4f}")
+            print(f"{path}\t{niqe(_read_rgb(path), crop_border=args.crop_border, model=model):.4f}")
 
 
 def _read_rgb(path: str) -> np.ndarray:

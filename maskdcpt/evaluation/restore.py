@@ -150,12 +150,13 @@ def write_rgb(path: str | os.PathLike, img: torch.Tensor, bits: int = 8) -> None
         raise ValueError(f"cannot write image {path} (unsupported extension?)")
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name."""
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Image files directly in ``folder`` (or anywhere below it with ``recursive``), sorted by path."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def with_prior(model: nn.Module, lq: torch.Tensor, lq_path: str | os.PathLike, prior: str | os.PathLike | None) -> torch.Tensor:
