@@ -64,6 +64,7 @@ class Backbone(nn.Module):
     masked: bool = False
     # forward() adds the (masked) input to the head's output; SwinIR's masked form has no residual (as released)
     global_residual: bool = True
+    head_name: str  # the output projection forward_head applies (ending / output / conv_last)
 
     def forward_features(
         self, x: torch.Tensor, keep: torch.Tensor | None = None
@@ -86,6 +87,14 @@ class Backbone(nn.Module):
         feat, _ = self.forward_features(padded, keep)
         residual = apply_mask(padded, keep) if self.global_residual else None
         return self.forward_head(feat, residual)[..., :h, :w]
+
+    def zero_init_head(self) -> None:
+        """Zero the output projection: the restorer then starts as the identity (output = input) instead of the
+        input plus a random image (about 10 dB PSNR on photos), and learns a residual from there."""
+        head = self.get_submodule(self.head_name)
+        nn.init.zeros_(head.weight)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute every stage's blocks in the backward pass (timm's name): memory for compute, same gradients."""

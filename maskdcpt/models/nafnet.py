@@ -106,6 +106,8 @@ class NAFNet(Backbone):
     what the dense model computes.
     """
 
+    head_name = "ending"
+
     def __init__(
         self,
         img_channels: int = 3,

@@ -166,6 +166,8 @@ class RestorationUNetBase(Backbone):
     """The encoder half and ``forward_head`` of the Restormer family; subclasses define
     ``forward_features`` (the decoder half) and an ``output`` conv."""
 
+    head_name = "output"
+
     stride: int = 8
     output: nn.Conv2d
 

@@ -220,6 +220,8 @@ class SwinIR(Backbone):
     ``keep=None`` as an all-ones keep map; the dense model accepts no keep map.
     """
 
+    head_name = "conv_last"
+
     tap_downsample = True
 
     def __init__(

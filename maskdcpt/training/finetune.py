@@ -36,6 +36,8 @@ class RestorerConfig:
     name: str = "nafnet_tiny"
     kwargs: dict[str, Any] = field(default_factory=dict)
     prior_channels: int = 0  # > 0: generative restorations as extra input (sources need 'prior' folders)
+    # from scratch, the output projection starts at 0: the restorer starts as the identity, not input + noise
+    zero_init_head: bool = True
 
 
 def _finetune_optim() -> OptimConfig:
@@ -135,6 +137,8 @@ class FinetuneTask(Task):
     def __init__(self, cfg: FinetuneConfig, dist: DistInfo):
         self.cfg = cfg
         self.model = build_restorer(cfg)
+        if cfg.model.zero_init_head and cfg.pretrained.lower() == "none":
+            self.model.zero_init_head()
         self.report = load_pretrained_weights(self.model, cfg.pretrained, cfg.pretrained_key)
         self.ema = ModelEMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
         self._val_set: ValidationSet | None = None

@@ -42,6 +42,7 @@ class ModelConfig:
     patch_size: int | None = None  # None: the backbone's total stride (16 NAFNet, 8 others)
     rec_residual: bool = True  # reconstruction = head(features) + visible input, as the restorer computes
     classifier_norm: Literal["batch", "layer"] = "batch"  # "layer": the release's classifier (see models/classifier.py)
+    zero_init_head: bool = True  # the output projection starts at 0: the reconstruction starts as the visible input
     kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the backbone factory
 
 
@@ -51,6 +52,8 @@ class LossConfig:
     w_cls: float = 1.0
     w_con: float = 0.1
     rec_region: Literal["all", "visible", "hidden"] = "visible"  # hidden pixels carry no input, no features
+    # "lq": restore the (masked) degraded input, MaskDCPT; "gt": DCPT's generation, the clean image in and out
+    rec_source: Literal["lq", "gt"] = "lq"
     focal_gamma: float = 2.0
     temperature: float = 0.07
 
@@ -92,6 +95,8 @@ def validate(cfg: PretrainConfig) -> None:
         raise ValueError(f"model.mask_ratio must lie in [0, 1), got {cfg.model.mask_ratio}")
     if loss.rec_region == "hidden" and cfg.model.mask_ratio == 0:
         raise ValueError("loss.rec_region='hidden' needs model.mask_ratio > 0 (nothing is hidden)")
+    if loss.rec_source == "gt" and cfg.model.mask_ratio > 0:
+        raise ValueError("loss.rec_source='gt' is DCPT's clean→clean generation, which has no mask: set model.mask_ratio=0")
     if loss.temperature <= 0:
         raise ValueError(f"loss.temperature must be > 0, got {loss.temperature}")
     if cfg.train.max_steps < 1:
@@ -134,6 +139,8 @@ class PretrainTask(Task):
         m = cfg.model
         self.model = build_maskdcpt(m.name, num_classes=m.num_classes, mask_ratio=m.mask_ratio, patch_size=m.patch_size,
                                     rec_residual=m.rec_residual, classifier_norm=m.classifier_norm, **m.kwargs)
+        if m.zero_init_head:
+            self.model.backbone.zero_init_head()
         loss = cfg.loss
         self.has_unused_parameters = 0.0 in (loss.w_rec, loss.w_cls, loss.w_con)
         self._outputs_as_dict = _OutputsAsDict(self.model)
@@ -161,14 +168,27 @@ class PretrainTask(Task):
         h, w = lq.shape[-2:]
         grid = (-(-h // patch), -(-w // patch))
         keep = keep_maps(batch["index"].tolist(), grid, cfg.model.mask_ratio, cfg.train.seed).to(lq.device)
-        out = model(lq, keep=keep)
-        if isinstance(out, dict):
-            out = MaskDCPTOutput(**out)
+        loss = cfg.loss
+        generate = loss.rec_source == "gt" and loss.w_rec > 0
+        if generate:
+            # DCPT: classify the degraded image and regenerate the clean one, in one forward of both halves so
+            # that DDP sees a single pass (the classifier's BatchNorm statistics then include the clean half)
+            out = model(torch.cat([lq, gt]), keep=torch.cat([keep, torch.ones_like(keep)]))
+            out = out if not isinstance(out, dict) else MaskDCPTOutput(**out)
+            n = lq.shape[0]
+            generated = out.reconstruction[n:]
+            out = MaskDCPTOutput(out.reconstruction[:n], out.logits[:n], out.features[:n], out.keep[:n], out.patch_size)
+        else:
+            out = model(lq, keep=keep)
+            if isinstance(out, dict):
+                out = MaskDCPTOutput(**out)
         terms: dict[str, torch.Tensor] = {}
         total = lq.new_zeros(())
-        loss = cfg.loss
         if loss.w_rec > 0:
-            terms["loss/rec"] = masked_l1(out.reconstruction, gt, out.visible_pixels(), loss.rec_region)
+            if generate:
+                terms["loss/rec"] = masked_l1(generated, gt)
+            else:
+                terms["loss/rec"] = masked_l1(out.reconstruction, gt, out.visible_pixels(), loss.rec_region)
             total = total + loss.w_rec * terms["loss/rec"]
         if loss.w_cls > 0:
             terms["loss/cls"] = focal_loss(out.logits, target, loss.focal_gamma)

@@ -194,6 +194,11 @@ class Trainer:
         if cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"):
             self.autocast_dtype = torch.bfloat16
 
+        if dist_info.enabled and self.device.type == "cuda":
+            # one set of BatchNorm statistics over the global batch, as a single process would compute (in place:
+            # the new modules keep the same parameters); SyncBatchNorm does not run on CPU, where each rank
+            # normalises its own share
+            nn.SyncBatchNorm.convert_sync_batchnorm(task.model)
         task.model.to(self.device)
         self.optimizer = build_optimizer(task.param_groups(optim), optim)
         self.scheduler = build_scheduler(self.optimizer, optim, cfg.max_steps)
