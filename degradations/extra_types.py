@@ -320,7 +320,10 @@ class AlbumentationsDegradation:
         if isinstance(out, np.ndarray) and out.dtype == np.uint8:
             out = out.astype(np.float32) / np.float32(255.0)
         check_output(self.entry, image, out)
-        return out, {"transform": self.transform, **_json_safe(kwargs), "seed": seed}
+        recorded = {"transform": self.transform, **_json_safe(kwargs), "seed": seed}
+        if not self.level_map:
+            recorded["level_ignored"] = True
+        return out, recorded
 
 
 class FunctionDegradation:
