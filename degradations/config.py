@@ -73,8 +73,6 @@ class EngineConfig:
             return self._extras[type_]
         if isinstance(type_, (int, np.integer)) and not isinstance(type_, bool) and NUM_TYPES <= int(type_) < len(self.label_names):
             return self._extras[self.label_names[int(type_)]]
-        if not self._extras:
-            return resolve(type_)
         try:
             return resolve(type_)
         except ValueError:
@@ -107,8 +105,6 @@ class EngineConfig:
                 raise ValueError(f"engine config: unknown key {key!r}; valid keys: {', '.join(valid)}")
         if "level_range" in data:
             data["level_range"] = tuple(data["level_range"])
-        if isinstance(data.get("extra_types"), Mapping):
-            data["extra_types"] = {name: entry_from_dict(name, e) for name, e in data["extra_types"].items()}
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
