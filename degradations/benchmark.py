@@ -8,6 +8,9 @@ with other processes, wall time mostly measures waiting for a core, while CPU ti
 code costs on an idle core (cache and memory-bandwidth contention still inflate it, so figures remain upper
 bounds). ``--clock wall`` measures wall time instead.
 
+``--config ENGINE.yaml`` adds the config's extra types (ids 19, …; albumentations transforms or user
+functions) to the table, and ``--types`` restricts it (names or ids, comma-separated).
+
 ``--torch`` times the batched torch path instead (``torch_ops.degrade_batch``, ms per sample per type,
 ``--batch`` samples on ``--device``).
 """
@@ -24,7 +27,7 @@ import time
 import numpy as np
 
 from .photos import sample_photos
-from .registry import TYPE_NAMES, all_types
+from .registry import TYPE_NAMES, DegradationType, all_types
 from .rng import make_rng
 
 
@@ -57,15 +60,17 @@ def _crops(size: int, count: int, seed: int) -> list[np.ndarray]:
 CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
 
 
-def measure(size: int, runs: int, seed: int = 0, clock: str = "cpu") -> dict:
-    """Per-type median and mean ms per sample over ``runs`` samples of size×size."""
+def measure(size: int, runs: int, seed: int = 0, clock: str = "cpu", types: list[DegradationType] | None = None) -> dict:
+    """Per-type median and mean ms per sample over ``runs`` samples of size×size; ``types``: the
+    registered 19 by default, or any list (an engine config's extra types among them)."""
     if clock not in CLOCKS:
         raise ValueError(f"unknown clock {clock!r}; valid: {', '.join(CLOCKS)}")
     now = CLOCKS[clock]
     crops = _crops(size, 8, seed)
     rng = make_rng((seed, size))
-    median, mean = {}, {}
-    for spec in all_types():
+    median, mean, ids = {}, {}, {}
+    for spec in all_types() if types is None else types:
+        ids[spec.name] = spec.id
         ranges = dict(spec.ranges)
         spec.fn(crops[0].copy(), 0.5, make_rng(0), ranges)  # warm-up: imports, caches
         times = []
@@ -78,11 +83,12 @@ def measure(size: int, runs: int, seed: int = 0, clock: str = "cpu") -> dict:
             times.append((now() - start) * 1000.0)
         median[spec.name] = statistics.median(times)
         mean[spec.name] = statistics.fmean(times)
-    missing = [n for n in TYPE_NAMES if n not in median]
+    missing = [n for n in TYPE_NAMES if n not in median] if types is None else []
     return {
         "size": size,
         "runs": runs,
         "clock": clock,
+        "type_ids": ids,
         "per_type_ms": median,
         "per_type_mean_ms": mean,
         "mix_mean_ms": statistics.fmean(mean.values()) if mean else float("nan"),
@@ -98,7 +104,7 @@ def format_table(result: dict) -> str:
     ]
     lines.append(f"{'id':>3}  {'type':<28}{'median ms':>10}{'mean ms':>10}")
     for name, ms in result["per_type_ms"].items():
-        lines.append(f"{TYPE_NAMES.index(name):>3}  {name:<28}{ms:>10.2f}{result['per_type_mean_ms'][name]:>10.2f}")
+        lines.append(f"{result['type_ids'][name]:>3}  {name:<28}{ms:>10.2f}{result['per_type_mean_ms'][name]:>10.2f}")
     lines.append("")
     count, mix = len(result["per_type_ms"]), result["mix_mean_ms"]
     lines.append(f"uniform mix over {count} types: {mix:.2f} ms per sample (mean)")
@@ -142,12 +148,25 @@ def benchmark_batch(size: int = 128, batch: int = 64, device: str = "cpu", repea
     return results
 
 
+def _selected_types(config_path: str | None, names: str | None) -> list[DegradationType] | None:
+    """The types to time: every registered one and the config's extra types, or the named ones."""
+    if config_path is None and names is None:
+        return None
+    from .cli import load_engine_config, parse_types
+
+    config = load_engine_config(config_path)
+    selected = parse_types(names or "all", config)
+    return [config.resolve(name) for name in selected]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/benchmark.py degradations", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128, help="square crop side in px (default 128)")
     parser.add_argument("--runs", type=int, default=60, help="samples per type (default 60)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu", help="cpu (thread CPU time, default) or wall")
+    parser.add_argument("--config", help="engine config YAML: its extra types join the table")
+    parser.add_argument("--types", help="only these types: comma-separated names or ids (default: all)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     parser.add_argument("--torch", action="store_true", help="time the batched torch path instead")
     parser.add_argument("--batch", type=int, default=64, help="--torch: samples per batch (default 64)")
@@ -160,8 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.torch:
         result = benchmark_batch(args.size, args.batch, args.device)  # prints its own table
     else:
-        _pin_to_one_core()
-        result = measure(args.size, args.runs, args.seed, args.clock)
+        _pin_to_one_core()  # before the config: an albumentations import brings torch, which reads OMP_NUM_THREADS
+        try:
+            types = _selected_types(args.config, args.types)
+        except ValueError as error:
+            parser.error(str(error))
+        result = measure(args.size, args.runs, args.seed, args.clock, types)
         print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,7 +1,12 @@
 """``tools/degrade.py``: degrade a folder of photos with chosen types and levels; labels and a contact sheet.
 
-    python tools/degrade.py --list
+    python tools/degrade.py --list [--config ENGINE.yaml]
     python tools/degrade.py [INPUT] OUTPUT --types all --levels 4 --seed 0 [--sheet sheet.png] [--crop 256]
+    python tools/degrade.py OUTPUT --config configs/engine/uir19_plus.yaml --sheet sheet.png
+
+``--config`` reads an engine config (the keys of :class:`EngineConfig`: ``types``, ``params``,
+``extra_types``, …), or a training config whose ``data.engine`` holds one; its extra types join the list,
+the labels and the sheet with ids after the 19, and ``--types`` defaults to the config's selection.
 
 Levels: ``--levels K`` gives K evenly spaced levels from 0 (mildest) to 1 (harshest) inclusive, so a
 sheet spans the whole range each type can produce; K = 1 gives the middle level 0.5. Level 0 is still a
@@ -17,33 +22,60 @@ import os
 import sys
 
 import numpy as np
+import yaml
 
 from .config import EngineConfig
 from .engine import DegradationEngine
 from .image import read_rgb, to_uint8, write_png
 from .photos import sample_photos
-from .registry import TYPE_TABLE, resolve
 from .sheet import Tile, contact_sheet
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def list_types() -> str:
-    return "\n".join(f"{row[0]} {row[1]}" for row in TYPE_TABLE)
+def load_engine_config(path: str | None) -> EngineConfig:
+    """The engine config of an engine YAML file, or of a training config's ``data.engine``; defaults without a path."""
+    if path is None:
+        return EngineConfig()
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path!r} does not exist")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path!r}: invalid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path!r} must hold a mapping at the top level")
+    if "data" in data and isinstance(data["data"], dict):  # a training config
+        data = data["data"].get("engine") or {}
+    try:
+        return EngineConfig.from_dict(data)
+    except ValueError as err:
+        raise ValueError(f"{err} (in {path})") from None
 
 
-def parse_types(text: str) -> list[str]:
-    """"all" or a comma-separated list of names or ids → type names in id order (ValueError if unknown)."""
+def list_types(config: EngineConfig | None = None) -> str:
+    """"id name" per line: the 19, then the config's extra types."""
+    names = (config or EngineConfig()).label_names
+    return "\n".join(f"{i} {name}" for i, name in enumerate(names))
+
+
+def parse_types(text: str | None, config: EngineConfig | None = None) -> list[str]:
+    """"all" or a comma-separated list of names or ids → type names in id order (ValueError if unknown);
+    None: the config's selection."""
+    config = config or EngineConfig()
+    if text is None:
+        return list(config.type_names)
     if text.strip() == "all":
-        return [row[1] for row in TYPE_TABLE]
+        return list(config.label_names)
     names = []
     for item in (t.strip() for t in text.split(",")):
         if not item:
             continue
-        names.append(resolve(int(item) if item.isdigit() else item).name)
+        names.append(config.resolve(int(item) if item.isdigit() else item).name)
     if not names:
         raise ValueError(f"--types: no type given in {text!r}")
-    return sorted(set(names), key=lambda n: resolve(n).id)
+    return sorted(set(names), key=lambda n: config.resolve(n).id)
 
 
 def level_grid(count: int) -> list[float]:
@@ -84,16 +116,17 @@ def _centre_crop(image: np.ndarray, side: int, stem: str) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    names = parse_types(args.types)
+    config = load_engine_config(args.config)
+    names = parse_types(args.types, config)
     levels = level_grid(args.levels)
     images = load_inputs(args.input, args.crop)
     os.makedirs(args.output, exist_ok=True)
-    engine = DegradationEngine(EngineConfig(types=names))
+    engine = DegradationEngine(config)  # apply() takes any of its types, selected or not
     sheet_rows: list[list[Tile]] = []
     with open(os.path.join(args.output, "labels.jsonl"), "w") as labels:
         for i, (stem, image) in enumerate(images):
             for name in names:
-                spec = resolve(name)
+                spec = engine.resolve(name)
                 row = [Tile(image, f"clean ({stem})")]
                 for j, level in enumerate(levels):
                     sample = engine.apply(image, name, level, seed=(args.seed, i, spec.id))
@@ -125,8 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Degrade a folder of images (default: scikit-image's sample photos) and label every output.",
     )
     parser.add_argument("paths", nargs="*", metavar="[INPUT] OUTPUT", help="input folder (optional) and output folder")
-    parser.add_argument("--list", action="store_true", help="print the 19 types as 'id name' and exit")
-    parser.add_argument("--types", default="all", help="'all' or comma-separated names/ids (default all)")
+    parser.add_argument("--list", action="store_true", help="print the types as 'id name' and exit (the 19, then --config's extra types)")
+    parser.add_argument("--config", help="engine config YAML (or a training config's data.engine): parameters and extra types")
+    parser.add_argument("--types", default=None,
+                        help="'all' or comma-separated names/ids (default: all, or the --config's selection)")
     parser.add_argument("--levels", type=int, default=4, help="K evenly spaced levels in [0, 1] (default 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -141,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:
-        print(list_types())
+        try:
+            print(list_types(load_engine_config(args.config)))
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         return 0
     if len(args.paths) == 1:
         args.input, args.output = None, args.paths[0]

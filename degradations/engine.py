@@ -36,13 +36,26 @@ class DegradationEngine:
         if config is None or isinstance(config, dict):
             config = EngineConfig.from_dict(config)
         self.config = config
-        self.types = [resolve(name) for name in config.type_names]
+        self.types = [config.resolve(name) for name in config.type_names]
         self.type_ids = [t.id for t in self.types]
         weights = np.array([float(config.weights.get(t.name, 1.0)) for t in self.types], dtype=np.float64)
         if weights.sum() <= 0:
             raise ValueError("weights: at least one selected type needs a positive weight")
         self.probabilities = weights / weights.sum()
         self._ranges = {t.name: config.ranges_for(t.name) for t in self.types}
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The name of every type id this engine can label, in id order (the 19, then its extra types)."""
+        return self.config.label_names
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.config.label_names)
+
+    def resolve(self, type_: str | int):
+        """A type of this engine (built-in or extra) by name or id."""
+        return self.config.resolve(type_)
 
     def draw(self, seed: SeedLike) -> tuple[str, float, np.random.Generator]:
         """The type name and level that ``seed`` selects, and the generator to continue with."""
@@ -61,7 +74,7 @@ class DegradationEngine:
         """Degrade ``image`` with a given type at ``level`` in [0, 1]."""
         gt = as_float_image(image)
         level = check_level(level)
-        spec = resolve(type_)
+        spec = self.config.resolve(type_)
         ranges = self._ranges.get(spec.name)
         if ranges is None:  # a type outside the selection may still be applied explicitly
             ranges = self.config.ranges_for(spec.name)

@@ -136,7 +136,7 @@ def test_engine_config_is_a_typed_section_of_the_data_config(tmp_path):
     save_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(_WithData, tmp_path / "resolved.yaml") == cfg
     with pytest.raises(ValueError, match=r"unknown config key 'data.engine.foo'; valid keys in data.engine: "
-                                         r"types, weights, level_range, params \(in .*c.yaml\)"):
+                                         r"types, weights, level_range, params, extra_types \(in .*c.yaml\)"):
         load_config(_WithData, path, ["data.engine.foo=1"])
     with pytest.raises(ValueError, match=r"data.engine.level_range: expected 2 items"):
         load_config(_WithData, None, ["data.engine.level_range=[0.2]"])

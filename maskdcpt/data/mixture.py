@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 from torch.utils.data import Dataset
 
-from degradations import TYPE_IDS, TYPE_NAMES, DegradationEngine
+from degradations import TYPE_NAMES, DegradationEngine
 
 from .config import DataConfig, SourceConfig
 from .default import default_index
@@ -49,17 +49,18 @@ class Mixture:
         return [len(s) for s in self.dataset.sources]
 
 
-def type_id_of(value: str | int | None) -> int | None:
-    """A type name or id → id (validated against the fixed table; no implementation needed)."""
+def type_id_of(value: str | int | None, names: Sequence[str] = TYPE_NAMES) -> int | None:
+    """A type name or id → id, validated against ``names`` (the fixed table, or an engine's
+    ``label_names`` with its extra types); no implementation needed."""
     if value is None:
         return None
     if isinstance(value, str) and not value.lstrip("-").isdigit():
-        if value not in TYPE_IDS:
-            raise ValueError(f"unknown degradation type {value!r}; valid: {', '.join(TYPE_NAMES)}")
-        return TYPE_IDS[value]
+        if value not in names:
+            raise ValueError(f"unknown degradation type {value!r}; valid: {', '.join(names)}")
+        return list(names).index(value)
     tid = int(value)
-    if not 0 <= tid < len(TYPE_NAMES):
-        raise ValueError(f"degradation type id {tid} out of range 0..{len(TYPE_NAMES) - 1}")
+    if not 0 <= tid < len(names):
+        raise ValueError(f"degradation type id {tid} out of range 0..{len(names) - 1}")
     return tid
 
 
@@ -110,7 +111,7 @@ def build_mixture(cfg: DataConfig, seed: int) -> Mixture:
         if src is None:
             views, kind, weight, declared = [(default_index(), "skimage-default")], "synthetic", 1.0, None
         else:
-            views, kind, weight, declared = _indices_of(src, position), src.kind, src.weight, type_id_of(src.type)
+            views, kind, weight, declared = _indices_of(src, position), src.kind, src.weight, type_id_of(src.type, cfg.engine.label_names)
         total_items = sum(len(v) for v, _ in views)
         for view, name in views:
             sid = len(sources)

@@ -200,11 +200,12 @@ def build_synthetic(cfg: ValConfig, tasks: list[ValTask], engine_cfg: EngineConf
         crops.append(to_float(image[top:top + size, left:left + size]))
     lo, hi = cfg.level_range
     samples = []
+    shared = DegradationEngine(engine_cfg)
     for t, task in enumerate(tasks):
-        params = dict(engine_cfg.params)
+        engine = shared
         if task.params:
-            params[task.type] = {**params.get(task.type, {}), **task.params}
-        engine = DegradationEngine(dataclasses.replace(engine_cfg, params=params))
+            params = {**engine_cfg.params, task.type: {**engine_cfg.params.get(task.type, {}), **task.params}}
+            engine = DegradationEngine(dataclasses.replace(engine_cfg, params=params))
         for j, gt in enumerate(crops):
             level = task.level if task.level is not None else float(make_rng((cfg.seed, _LEVEL_TAG, t, j)).uniform(lo, hi))
             out = engine.apply(gt, task.type, level, (cfg.seed, _DEGRADE_TAG, t, j))

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from degradations import NUM_TYPES
+
 from ..config import load_config
 from ..data.config import DataConfig
 from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
@@ -37,7 +39,7 @@ _MASK_STREAM = 0x4D41534B
 @dataclass
 class ModelConfig:
     name: str = "nafnet_tiny"
-    num_classes: int = 19
+    num_classes: int | None = None  # None: the engine's types (19 + data.engine.extra_types)
     mask_ratio: float = 0.5  # 0 = the "no mask" ablation
     patch_size: int | None = None  # None: the backbone's total stride (16 NAFNet, 8 others)
     rec_residual: bool = True  # reconstruction = head(features) + visible input, as the restorer computes
@@ -101,6 +103,16 @@ def validate(cfg: PretrainConfig) -> None:
         raise ValueError(f"loss.temperature must be > 0, got {loss.temperature}")
     if cfg.train.max_steps < 1:
         raise ValueError(f"train.max_steps must be >= 1, got {cfg.train.max_steps}")
+    cfg.model.num_classes = num_classes(cfg)
+
+
+def num_classes(cfg: PretrainConfig) -> int:
+    """The classifier's classes: one per type the engine can label (the 19, then data.engine.extra_types)."""
+    labels = len(cfg.data.engine.label_names)
+    if cfg.model.num_classes is not None and cfg.model.num_classes != labels:
+        raise ValueError(f"model.num_classes is {cfg.model.num_classes} but the degradation engine labels {labels} types "
+                         f"({NUM_TYPES} built-in + {labels - NUM_TYPES} data.engine.extra_types); set it to {labels} or leave it out")
+    return labels
 
 
 def run_dir(cfg: PretrainConfig) -> Path:
@@ -137,7 +149,7 @@ class PretrainTask(Task):
     def __init__(self, cfg: PretrainConfig, dist: DistInfo):
         self.cfg, self.dist = cfg, dist
         m = cfg.model
-        self.model = build_maskdcpt(m.name, num_classes=m.num_classes, mask_ratio=m.mask_ratio, patch_size=m.patch_size,
+        self.model = build_maskdcpt(m.name, num_classes=num_classes(cfg), mask_ratio=m.mask_ratio, patch_size=m.patch_size,
                                     rec_residual=m.rec_residual, classifier_norm=m.classifier_norm, **m.kwargs)
         if m.zero_init_head:
             self.model.backbone.zero_init_head()
@@ -219,10 +231,8 @@ class PretrainTask(Task):
         grid = image_grid([batch["lq"], masked, o.reconstruction, batch["gt"]])
         logger.image("images/lq_masked_reconstruction_gt", grid, step)
         if self._preds:
-            from degradations import TYPE_NAMES
-
-            names = list(TYPE_NAMES) if self.cfg.model.num_classes == len(TYPE_NAMES) else [str(i) for i in range(self.cfg.model.num_classes)]
-            counts = confusion_matrix(np.concatenate(self._preds), np.concatenate(self._targets), self.cfg.model.num_classes)
+            names = self.class_names()
+            counts = confusion_matrix(np.concatenate(self._preds), np.concatenate(self._targets), len(names))
             logger.image("classification/confusion", render_confusion(counts, names), step, dataformats="HWC")
             self._preds, self._targets = [], []
 
@@ -239,10 +249,7 @@ class PretrainTask(Task):
         return {"format": "maskdcpt-pretrain", "model_name": self.cfg.model.name, "model_kwargs": self.cfg.model.kwargs}
 
     def class_names(self) -> list[str]:
-        from degradations import TYPE_NAMES
-
-        k = self.cfg.model.num_classes
-        return list(TYPE_NAMES) if k == len(TYPE_NAMES) else [str(i) for i in range(k)]
+        return list(self.cfg.data.engine.label_names)
 
     def validation_set(self) -> ValidationSet:
         if self._val_set is None:
@@ -281,7 +288,8 @@ class PretrainTask(Task):
         finally:
             model.train(was_training)
         pred, target = torch.cat(preds).numpy(), torch.cat(targets).numpy()
-        names, k = self.class_names(), self.cfg.model.num_classes
+        names = self.class_names()
+        k = len(names)
         known = target >= 0
         result: dict[str, Any] = {"top1": float((pred[known] == target[known]).mean()) if known.any() else float("nan")}
         if dense_preds:
