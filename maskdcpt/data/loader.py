@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from typing import Any, Iterator
 
 import numpy as np
@@ -36,6 +37,18 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if "prior" in samples[0]:  # generative restorations, aligned with lq (paired sources with 'prior')
         batch["prior"] = torch.from_numpy(np.stack([s["prior"] for s in samples]))
     return batch
+
+
+def _worker_context() -> multiprocessing.context.BaseContext:
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    # imported once in the server (no thread pool runs at import), so that each worker starts in a moment
+    context.set_forkserver_preload(["torch", "cv2", "maskdcpt.data.mixture"])
+    return context
+
+
+WORKER_CONTEXT = _worker_context()
 
 
 def _worker_init(worker_id: int) -> None:
@@ -84,6 +97,10 @@ class TrainLoader:
             self.dataset, batch_sampler=self.sampler, num_workers=self.num_workers, collate_fn=collate,
             worker_init_fn=_worker_init if self.num_workers else None, pin_memory=self.pin_memory,
             prefetch_factor=4 if self.num_workers else None, persistent_workers=False,
+            # Workers forked from a process whose OpenCV (or OpenMP) thread pool has run inherit a pool
+            # without its threads and can hang at their first parallel call; the fork server forks them
+            # from a fresh interpreter instead (fast, and nothing of the trainer's state is inherited).
+            multiprocessing_context=WORKER_CONTEXT if self.num_workers else None,
         )
         for batch in loader:
             self._account(batch.pop("skipped"))
