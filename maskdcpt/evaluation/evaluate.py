@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import load_config
+from ..config import load_config, ranged
 from .metrics import psnr, ssim
 from .restore import list_images, read_rgb, restore_image, with_prior, write_rgb
 
@@ -47,11 +47,11 @@ class TaskData:
 class EvalConfig:
     """How metrics are computed (BasicSR semantics, see :mod:`maskdcpt.evaluation.metrics`) and what runs."""
 
-    crop_border: int = 0
+    crop_border: int = ranged(0, ge=0)
     y_channel: bool = False
     data_range: Literal["float", "uint8"] = "float"
-    tile: int | None = None  # restore in overlapping tiles of this size (memory bound), None = whole image
-    overlap: int = 32
+    tile: int | None = ranged(None, ge=1)  # restore in overlapping tiles of this size (memory bound), None = whole image
+    overlap: int = ranged(32, ge=0)
     compute_niqe: bool = True
     lpips_weights: str | None = None  # None: $MASKDCPT_LPIPS_WEIGHTS; LPIPS is skipped without a weights file
     save_images: bool = False  # write the restored images under <out>/images/<task>/

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskdcpt.config import load_config
+from maskdcpt.config import load_config, ranged
 from maskdcpt.models.checkpoint import save_weights
 from maskdcpt.training.distributed import DistInfo, cleanup_distributed, init_distributed
 from maskdcpt.training.optim import OptimConfig, ParamGroup
@@ -46,9 +46,9 @@ class CheckTrainConfig(TrainConfig):
     image_every: int = 0
     checkpoint_every: int = 5
     progress: bool = False
-    features: int = 8
+    features: int = ranged(8, ge=1)
     # Pause after every step: gives tests and operators time to preempt a running job.
-    step_sleep_s: float = 0.0
+    step_sleep_s: float = ranged(0.0, ge=0)
 
 
 def _constant_lr() -> OptimConfig:

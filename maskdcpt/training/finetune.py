@@ -16,7 +16,8 @@ import torch.nn as nn
 
 from degradations import EngineConfig
 
-from ..config import load_config
+from ..config import fixed_field, load_config, ranged
+from ..errors import CheckpointError, ConfigError
 from ..data.config import DataConfig
 from ..models import create_model
 from ..models.checkpoint import load_pretrained, save_restorer
@@ -33,7 +34,7 @@ from .trainer import StepOutput, Task, TrainConfig
 class RestorerConfig:
     name: str = "nafnet_tiny"
     kwargs: dict[str, Any] = field(default_factory=dict)
-    prior_channels: int = 0  # > 0: generative restorations as extra input (sources need 'prior' folders)
+    prior_channels: int = ranged(0, ge=0)  # > 0: generative restorations as extra input (sources need 'prior' folders)
 
 
 def _finetune_optim() -> OptimConfig:
@@ -52,12 +53,12 @@ def _five_d_engine() -> EngineConfig:
 
 @dataclass
 class FinetuneConfig:
-    model: RestorerConfig = field(default_factory=RestorerConfig)
+    model: RestorerConfig = fixed_field(default_factory=RestorerConfig)  # a resumed run keeps its model
     pretrained: str = "none"  # none | encoder .safetensors | pre-training run folder | release .pth
     # wrapper key of a release .pth; None: the model's release key (default_cfg.param_key; SwinIR 'params',
     # the others 'params_ema'), falling back to the other wrapper
     pretrained_key: str | None = None
-    ema_decay: float = 0.999
+    ema_decay: float = ranged(0.999, ge=0, le=1)
     optim: OptimConfig = field(default_factory=_finetune_optim)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(engine=_five_d_engine()))
@@ -65,16 +66,16 @@ class FinetuneConfig:
 
 
 def load_finetune_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> FinetuneConfig:
+    from ..models import list_models
+
     cfg = load_config(FinetuneConfig, path, overrides)
-    if not 0.0 <= cfg.ema_decay <= 1.0:
-        raise ValueError(f"ema_decay must lie in [0, 1], got {cfg.ema_decay}")
-    if cfg.model.prior_channels < 0:
-        raise ValueError(f"model.prior_channels must be >= 0, got {cfg.model.prior_channels}")
+    if cfg.model.name not in list_models():
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; registered: {', '.join(list_models())}")
     has_prior = bool(cfg.data.sources) and all(s.prior for s in cfg.data.sources)
     if cfg.model.prior_channels and not has_prior:
-        raise ValueError("model.prior_channels > 0 needs every data source to name a 'prior' folder")
+        raise ConfigError("model.prior_channels > 0 needs every data source to name a 'prior' folder")
     if has_prior and not cfg.model.prior_channels:
-        raise ValueError("the data sources have 'prior' folders: set model.prior_channels (3 for RGB priors)")
+        raise ConfigError("the data sources have 'prior' folders: set model.prior_channels (3 for RGB priors)")
     return cfg
 
 
@@ -87,10 +88,10 @@ def _pretrained_file(spec: str) -> Path:
     if path.is_dir():  # a pre-training run folder
         candidate = path / "encoder.safetensors"
         if not candidate.is_file():
-            raise ValueError(f"pre-training run {str(path)!r} has no encoder.safetensors; run tools/export_encoder.py")
+            raise CheckpointError(f"pretrained: pre-training run {str(path)!r} has no encoder.safetensors; run tools/export_encoder.py")
         return candidate
     if not path.is_file():
-        raise ValueError(f"pretrained: {spec!r} does not exist")
+        raise ConfigError(f"pretrained: {spec!r} does not exist")
     return path
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import load_config
+from ..config import fixed_field, load_config, ranged
+from ..errors import ConfigError
 from ..data.config import DataConfig
 from ..losses import focal_loss, masked_l1, supervised_contrastive_loss
 from ..models import build_maskdcpt
@@ -36,20 +37,20 @@ _MASK_STREAM = 0x4D41534B
 @dataclass
 class ModelConfig:
     name: str = "nafnet_tiny"
-    num_classes: int = 19
-    mask_ratio: float = 0.5  # 0 = the "no mask" ablation
-    patch_size: int | None = None  # None: the backbone's total stride (16 NAFNet, 8 others)
+    num_classes: int = ranged(19, ge=1)
+    mask_ratio: float = ranged(0.5, ge=0, lt=1)  # 0 = the "no mask" ablation
+    patch_size: int | None = ranged(None, ge=1)  # None: the backbone's total stride (16 NAFNet, 8 others)
     kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the backbone factory
 
 
 @dataclass
 class LossConfig:
-    w_rec: float = 1.0
-    w_cls: float = 1.0
-    w_con: float = 0.1
+    w_rec: float = ranged(1.0, ge=0)
+    w_cls: float = ranged(1.0, ge=0)
+    w_con: float = ranged(0.1, ge=0)
     rec_region: Literal["all", "visible", "hidden"] = "all"
-    focal_gamma: float = 2.0
-    temperature: float = 0.07
+    focal_gamma: float = ranged(2.0, ge=0)
+    temperature: float = ranged(0.07, gt=0)
 
 
 def _demo_optim() -> OptimConfig:
@@ -63,7 +64,7 @@ def _demo_optim() -> OptimConfig:
 class PretrainConfig:
     """Defaults: the tiny CPU demo run; the release-size recipes are configs/pretrain/*.yaml."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = fixed_field(default_factory=ModelConfig)  # a resumed run keeps its model
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=_demo_optim)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -78,20 +79,21 @@ def load_pretrain_config(path: str | Path | None = None, overrides: Sequence[str
 
 
 def validate(cfg: PretrainConfig) -> None:
+    """What the per-field ranges cannot say: values that depend on each other or on the model registry."""
+    from ..models import get_model_cfg, list_models
+
     loss = cfg.loss
-    for key in ("w_rec", "w_cls", "w_con"):
-        if getattr(loss, key) < 0:
-            raise ValueError(f"loss.{key} must be >= 0, got {getattr(loss, key)}")
     if loss.w_rec == loss.w_cls == loss.w_con == 0:
-        raise ValueError("loss.w_rec, loss.w_cls and loss.w_con are all 0: nothing to train")
-    if not 0.0 <= cfg.model.mask_ratio < 1.0:
-        raise ValueError(f"model.mask_ratio must lie in [0, 1), got {cfg.model.mask_ratio}")
+        raise ConfigError("loss.w_rec, loss.w_cls and loss.w_con are all 0: nothing to train")
     if loss.rec_region == "hidden" and cfg.model.mask_ratio == 0:
-        raise ValueError("loss.rec_region='hidden' needs model.mask_ratio > 0 (nothing is hidden)")
-    if loss.temperature <= 0:
-        raise ValueError(f"loss.temperature must be > 0, got {loss.temperature}")
-    if cfg.train.max_steps < 1:
-        raise ValueError(f"train.max_steps must be >= 1, got {cfg.train.max_steps}")
+        raise ConfigError("loss.rec_region='hidden' needs model.mask_ratio > 0 (nothing is hidden)")
+    if cfg.model.name not in list_models():
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; registered: {', '.join(list_models())}")
+    stride = get_model_cfg(cfg.model.name).stride
+    patch = cfg.model.patch_size
+    if patch is not None and patch % stride and "stride" not in cfg.model.kwargs:
+        raise ConfigError(f"model.patch_size: {patch} is not a multiple of {cfg.model.name}'s stride {stride} "
+                          f"(a mask cell must cover whole feature cells); use {stride}, {2 * stride}, … or leave it unset")
 
 
 def run_dir(cfg: PretrainConfig) -> Path:
