@@ -166,6 +166,18 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
 
 
+def test_zero_intervals_switch_periodic_actions_off(tmp_path):
+    batch = _fixed_batch()
+    off = ["train.log_every=0", "train.checkpoint_every=0", "train.keep_every=0", "train.image_every=0"]
+    trainer, _ = _trainer(tmp_path, off, batch, 3)
+    saved = []
+    trainer.save_checkpoint = lambda save=trainer.save_checkpoint: saved.append(trainer.step) or save()
+    metrics = trainer.fit(resume=False)
+    assert metrics["step"] == 3 and "loss/total" in metrics  # logged once, at the end
+    assert saved == [3] and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert not list((tmp_path / "checkpoints").glob("step_*.ckpt"))
+
+
 def test_weight_decay_spares_norms_biases_and_1d_parameters():
     cfg = load_pretrain_config(None, ["optim.weight_decay=0.5", "optim.classifier_weight_decay=0.25"])
     task = PretrainTask(cfg, DistInfo())

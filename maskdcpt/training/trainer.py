@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from ..config import ranged
 from ..models.checkpoint import save_weights
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
 from .distributed import DistInfo, all_reduce_mean, all_reduce_sum
@@ -32,18 +33,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 300
-    batch_size: int = 8  # global: summed over ranks and accumulation micro-steps
-    grad_accum: int = 1
+    max_steps: int = ranged(300, ge=1)
+    batch_size: int = ranged(8, ge=1, fixed=True)  # global: summed over ranks and accumulation micro-steps
+    grad_accum: int = ranged(1, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
     device: str = "auto"
-    seed: int = 0
-    log_every: int = 10
-    image_every: int = 100
-    checkpoint_every: int = 50
-    keep_every: int = 0  # also keep step_XXXXXXX.ckpt every N steps (0: only last.ckpt)
-    max_bad_steps: int = 5  # this many non-finite losses in a row stop the run
+    seed: int = ranged(0, ge=0)
+    # Intervals in steps; 0 switches the periodic action off (logging and last.ckpt still happen at the end).
+    log_every: int = ranged(10, ge=0)
+    image_every: int = ranged(100, ge=0)
+    checkpoint_every: int = ranged(50, ge=0)
+    keep_every: int = ranged(0, ge=0)  # also keep step_XXXXXXX.ckpt every N steps (0: only last.ckpt)
+    max_bad_steps: int = ranged(5, ge=1)  # this many non-finite losses in a row stop the run
     progress: bool = True
 
 
@@ -122,6 +124,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but CUDA is not available")
     return device
+
+
+def due(step: int, every: int) -> bool:
+    """Whether a periodic action of interval ``every`` (0: off) falls on ``step``."""
+    return every > 0 and step % every == 0
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -205,7 +212,7 @@ class Trainer:
         path = self.ckpt_dir / "last.ckpt"
         save_state(self.state_dict(), path)
         save_weights(self.task.model.state_dict(), self.ckpt_dir / "last.safetensors", {"step": self.step})
-        if self.cfg.keep_every and self.step % self.cfg.keep_every == 0:
+        if due(self.step, self.cfg.keep_every):
             save_state(self.state_dict(), self.ckpt_dir / f"step_{self.step:07d}.ckpt")
         return path
 
@@ -281,7 +288,7 @@ class Trainer:
                 self.step += 1
                 self.task.after_step(self.step)
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                if due(self.step, cfg.log_every) or self.step == cfg.max_steps:
                     last_logged = {k: sum(v) / len(v) for k, v in window.items()}
                     last_logged["perf/samples_per_s"] = global_batch * len(next(iter(window.values()), [0])) / max(t_total, 1e-9)
                     last_logged["perf/data_wait_fraction"] = t_wait / max(t_total, 1e-9)
@@ -292,7 +299,7 @@ class Trainer:
                     self.logger.scalars(last_logged, self.step)
                     bar.set_postfix(self._postfix(last_logged), refresh=False)
                     window, t_wait, t_total = {}, 0.0, 0.0
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                if due(self.step, cfg.checkpoint_every) or self.step == cfg.max_steps:
                     self.save_checkpoint()
         finally:
             bar.close()
@@ -343,7 +350,7 @@ class Trainer:
                 (out.loss / cfg.grad_accum).backward()
             for k, v in {**out.terms, **self.task.metrics(out, mb)}.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float() / len(micro)
-        if self.dist.is_main and self.cfg.image_every and (self.step + 1) % self.cfg.image_every == 0:
+        if self.dist.is_main and due(self.step + 1, self.cfg.image_every):
             self.task.images(out, micro[-1], self.logger, self.step + 1)
 
         # Every rank must take the same decision, or DDP replicas drift apart.
