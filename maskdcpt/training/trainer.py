@@ -22,7 +22,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ..config import ranged
-from ..models.checkpoint import save_weights
+from ..models.checkpoint import remove_stale_temporaries, save_weights
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
 from .distributed import DistInfo, all_reduce_mean, all_reduce_sum
 from .logging import TensorBoardLogger
@@ -100,6 +100,11 @@ class Task(abc.ABC):
 
     def export(self, run_dir: Path) -> None:
         """Write the run's product into ``run_dir`` at the end of training (rank 0)."""
+
+    def weights_metadata(self) -> dict[str, Any]:
+        """What ``checkpoints/last.safetensors`` (``model``'s weights) is: at least its ``format``, and how to
+        rebuild the model (``model_name``, ``model_kwargs``) where there is a registered one."""
+        return {"format": "maskdcpt-training-weights"}
 
 
 class BatchStream(Protocol):
@@ -211,7 +216,8 @@ class Trainer:
             return None
         path = self.ckpt_dir / "last.ckpt"
         save_state(self.state_dict(), path)
-        save_weights(self.task.model.state_dict(), self.ckpt_dir / "last.safetensors", {"step": self.step})
+        meta = {**self.task.weights_metadata(), "step": self.step}
+        save_weights(self.task.model.state_dict(), self.ckpt_dir / "last.safetensors", meta)
         if due(self.step, self.cfg.keep_every):
             save_state(self.state_dict(), self.ckpt_dir / f"step_{self.step:07d}.ckpt")
         return path
@@ -253,7 +259,18 @@ class Trainer:
         self.loader = self.make_loader(self.step)
         yield from self.loader
 
+    def remove_stale_temporaries(self) -> None:
+        """Rank 0, before anything is written: delete the temporary files of checkpoint writes that were killed
+        midway (``kill -9``, a node failure); at release size each is gigabytes."""
+        if not self.dist.is_main:
+            return
+        stale = remove_stale_temporaries(self.ckpt_dir) + remove_stale_temporaries(self.run_dir)
+        if stale:
+            log.warning("removed %d temporary file(s) left by interrupted writes: %s", len(stale),
+                        ", ".join(p.name for p in stale))
+
     def fit(self, resume: bool | str = "auto") -> dict[str, Any]:
+        self.remove_stale_temporaries()
         self.maybe_resume(resume)
         cfg = self.cfg
         if self.step >= cfg.max_steps:
