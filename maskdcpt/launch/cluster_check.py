@@ -114,7 +114,10 @@ class RegressionTask(Task):
             time.sleep(self.cfg.step_sleep_s)
 
     def export(self, run_dir: Path) -> None:
-        save_weights(self.model, run_dir / "weights.safetensors")
+        save_weights(self.model, run_dir / "weights.safetensors", self.weights_metadata())
+
+    def weights_metadata(self) -> dict[str, Any]:
+        return {"format": "maskdcpt-cluster-check", "features": self.cfg.features}
 
 
 def run_cluster_check(cfg: ClusterCheckConfig, resume: bool | str = "auto") -> dict:

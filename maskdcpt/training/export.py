@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..models.checkpoint import save_weights
+from ..models.checkpoint import ENCODER_FORMAT, save_weights
 from .checkpoint import load_state
 
 
@@ -25,7 +25,7 @@ def export_encoder(run_dir: str | Path, out: str | Path, checkpoint: str | Path 
     backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     if not backbone:
         raise ValueError(f"checkpoint {str(ckpt)!r} holds no backbone.* weights")
-    meta = {"format": "maskdcpt-encoder", "model_name": cfg.model.name, "model_kwargs": cfg.model.kwargs,
+    meta = {"format": ENCODER_FORMAT, "model_name": cfg.model.name, "model_kwargs": cfg.model.kwargs,
             "step": int(full["step"])}
     out = Path(out)
     save_weights(backbone, out, meta)

@@ -7,6 +7,7 @@ is new unless asked for (prior channels).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +21,7 @@ from ..config import fixed_field, load_config, ranged
 from ..errors import CheckpointError, ConfigError
 from ..data.config import DataConfig
 from ..models import create_model
-from ..models.checkpoint import load_pretrained, save_restorer
+from ..models.checkpoint import RESTORER_FORMAT, load_pretrained, save_restorer
 from ..models.prior import add_prior_channels
 from .distributed import DistInfo
 from .ema import ModelEMA
@@ -156,6 +157,12 @@ class FinetuneTask(Task):
     def export(self, run_dir: Path) -> None:
         extra = {"prior_channels": str(self.cfg.model.prior_channels), "ema_decay": str(self.cfg.ema_decay)}
         save_restorer(self.ema.module, run_dir / "restorer.safetensors", self.cfg.model.name, self.cfg.model.kwargs, extra)
+
+    def weights_metadata(self) -> dict[str, Any]:
+        # the trained weights themselves (restorer.safetensors holds their EMA): a restorer too
+        return {"format": RESTORER_FORMAT, "model_name": self.cfg.model.name,
+                "model_kwargs": json.dumps(self.cfg.model.kwargs, sort_keys=True),
+                "prior_channels": str(self.cfg.model.prior_channels), "ema": "false"}
 
 
 def run_finetuning(cfg: FinetuneConfig, resume: bool | str = "auto") -> dict[str, Any]:

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..data.config import DataConfig
 from ..losses import focal_loss, masked_l1, supervised_contrastive_loss
 from ..models import build_maskdcpt
-from ..models.checkpoint import save_weights
+from ..models.checkpoint import ENCODER_FORMAT, save_weights
 from ..models.maskdcpt import MaskDCPTOutput
 from ..models.masking import random_keep_map
 from .distributed import DistInfo, gather_with_grad
@@ -205,10 +205,15 @@ class PretrainTask(Task):
     def export(self, run_dir: Path) -> None:
         export_encoder_weights(self.model, self.cfg, run_dir / "encoder.safetensors")
 
+    def weights_metadata(self) -> dict[str, Any]:
+        m = self.cfg.model
+        return {"format": "maskdcpt-pretraining", "model_name": m.name, "model_kwargs": m.kwargs,
+                "num_classes": m.num_classes, "mask_ratio": m.mask_ratio, "patch_size": self.model.patch_size}
+
 
 def export_encoder_weights(model: nn.Module, cfg: PretrainConfig, path: Path) -> Path:
     """The backbone's weights (what fine-tuning loads strictly into the dense restorer)."""
-    meta = {"format": "maskdcpt-encoder", "model_name": cfg.model.name, "model_kwargs": cfg.model.kwargs}
+    meta = {"format": ENCODER_FORMAT, "model_name": cfg.model.name, "model_kwargs": cfg.model.kwargs}
     save_weights(model.backbone.state_dict(), path, meta)
     return path
 
