@@ -174,16 +174,24 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T:
-    """Build dataclass ``cls`` from a (nested) mapping, rejecting unknown keys by name."""
+    """Build dataclass ``cls`` from a (nested) mapping, rejecting unknown keys by name.
+
+    A section given in part keeps the rest of *its own* default: ``optim.lr=1e-3`` in fine-tuning keeps the
+    fine-tuning optimiser's other settings (its default_factory's), not the optimiser class's defaults.
+    """
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
+    by_name = {f.name: f for f in fields}
     valid = [f.name for f in fields]
     at = f" in {path}" if path else ""
     kwargs = {}
     for key, value in data.items():
         if key not in valid:
             raise ConfigError(f"unknown config key {_join(path, key)!r}; valid keys{at}: {', '.join(valid)}")
+        default = _section_default(by_name[key], hints[key])
+        if default is not None and isinstance(value, Mapping):
+            value = merge(to_dict(default), value)
         kwargs[key] = _convert(value, hints[key], _join(path, key))
         _check_range(cls, key, kwargs[key], _join(path, key))
     required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -197,6 +205,15 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T
     except ValueError as err:  # a section's own checks (__post_init__) of values that depend on each other
         message = str(err)
         raise ConfigError(message if not path or message.startswith(path) else f"{path}: {message}") from None
+
+
+def _section_default(f: dataclasses.Field, tp: Any) -> Any:
+    """The default instance of a section field (a dataclass-typed field with a default), else None."""
+    if not _is_dataclass_type(tp):
+        return None
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default if dataclasses.is_dataclass(f.default) else None
 
 
 def _join(path: str, key: str) -> str:
