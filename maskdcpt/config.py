@@ -231,6 +231,30 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict (``to_dict``'s) → ``{"train.max_steps": 300, …}``; lists stay values."""
+    if isinstance(data, Mapping) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(value, _join(prefix, str(key))))
+        return out
+    return {prefix: data}
+
+
+def fixed_paths(cls: type, prefix: str = "") -> list[str]:
+    """Dotted keys of the fields of dataclass ``cls`` (and its sections) marked ``fixed``: a key under one of
+    them may not change when a run resumes."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        key = _join(prefix, f.name)
+        if field_metadata(cls, f.name, FIXED):
+            out.append(key)
+        elif _is_dataclass_type(hints.get(f.name)):
+            out += fixed_paths(hints[f.name], key)
+    return out
+
+
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     """``["train.max_steps=20", "model.name=restormer_tiny"]`` → nested dict (values parsed as YAML)."""
     nested: dict[str, Any] = {}
@@ -315,5 +339,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    """Write the resolved config as YAML (atomically: a run killed meanwhile keeps the previous file)."""
+    from .models.checkpoint import atomic_write
+
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

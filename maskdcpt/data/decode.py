@@ -62,7 +62,7 @@ def _decode_with_pil(data: bytes) -> tuple[np.ndarray | None, str]:
             array = np.asarray(im)
     except Exception as err:  # noqa: BLE001 — any decoder error means the file cannot be used
         # PIL names a premature end "image file is truncated" (it never pads unless told to).
-        return None, "truncated" if "truncated" in str(err) else "undecodable"
+        return None, "truncated" if "truncated" in str(err).lower() else "undecodable"
     if array.ndim == 3 and array.shape[2] in (3, 4):
         array = array[..., [2, 1, 0, 3][: array.shape[2]]]  # to OpenCV's BGR(A) order
     return np.ascontiguousarray(array), ""

@@ -36,11 +36,14 @@ _MASK_STREAM = 0x4D41534B
 
 @dataclass
 class ModelConfig:
-    name: str = "nafnet_tiny"
-    num_classes: int = ranged(19, ge=1)
+    """The network; a resumed run keeps name, num_classes and kwargs (its checkpoint's shapes), while the
+    masking (mask_ratio, patch_size) may change."""
+
+    name: str = fixed_field("nafnet_tiny")
+    num_classes: int = ranged(19, ge=1, fixed=True)
     mask_ratio: float = ranged(0.5, ge=0, lt=1)  # 0 = the "no mask" ablation
     patch_size: int | None = ranged(None, ge=1)  # None: the backbone's total stride (16 NAFNet, 8 others)
-    kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the backbone factory
+    kwargs: dict[str, Any] = fixed_field(default_factory=dict)  # overrides of the backbone factory
 
 
 @dataclass
@@ -64,7 +67,7 @@ def _demo_optim() -> OptimConfig:
 class PretrainConfig:
     """Defaults: the tiny CPU demo run; the release-size recipes are configs/pretrain/*.yaml."""
 
-    model: ModelConfig = fixed_field(default_factory=ModelConfig)  # a resumed run keeps its model
+    model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=_demo_optim)
     train: TrainConfig = field(default_factory=TrainConfig)

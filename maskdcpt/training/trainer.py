@@ -22,10 +22,11 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from ..config import ranged
+from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..models.checkpoint import remove_stale_temporaries, save_weights
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
 from .distributed import DistInfo, all_reduce_mean, all_reduce_sum
-from .logging import TensorBoardLogger
+from .logging import RunLog, TensorBoardLogger
 from .optim import OptimConfig, ParamGroup, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class TrainConfig:
     checkpoint_every: int = ranged(50, ge=0)
     keep_every: int = ranged(0, ge=0)  # also keep step_XXXXXXX.ckpt every N steps (0: only last.ckpt)
     max_bad_steps: int = ranged(5, ge=1)  # this many non-finite losses in a row stop the run
-    progress: bool = True
+    progress: bool = True  # a progress bar; false: a progress line every log_every steps (always in RUN/log.txt)
+    threads: int = ranged(0, ge=0)  # intra-op CPU threads; 0: the CPUs allotted to the process (affinity, SLURM)
 
 
 @dataclass
@@ -164,9 +166,10 @@ class Trainer:
         run_dir: str | Path,
         make_loader: Callable[[int], BatchStream],
         dist_info: DistInfo = DistInfo(),
+        runlog: RunLog | None = None,
     ):
         if cfg.batch_size % (dist_info.world_size * cfg.grad_accum):
-            raise ValueError(
+            raise ConfigError(
                 f"train.batch_size={cfg.batch_size} must be divisible by world size {dist_info.world_size}"
                 f" × train.grad_accum {cfg.grad_accum}"
             )
@@ -195,6 +198,12 @@ class Trainer:
         self.bad_in_row = 0
         self.skipped = 0
         self.logger = TensorBoardLogger(self.run_dir / "tensorboard", enabled=dist_info.is_main)
+        self.runlog = runlog if runlog is not None else RunLog(None)
+
+    def say(self, text: str) -> None:
+        """Rank 0: print a line and keep it in ``RUN/log.txt``."""
+        if self.dist.is_main:
+            self.runlog.say(text)
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -226,9 +235,13 @@ class Trainer:
         state = load_state(path)
         missing = [k for k in ("step", "model", "optimizer", "scheduler") if k not in state]
         if missing:
-            raise ValueError(f"checkpoint {str(path)!r} lacks {missing}: not a maskdcpt training checkpoint")
-        self.task.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+            raise CheckpointError(f"checkpoint {str(path)!r} lacks {missing}: not a maskdcpt training checkpoint")
+        try:
+            self.task.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run's model: {first}") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.task.load_state_dict(state.get("task", {}))
         set_rng_state(state["rng"])
@@ -243,11 +256,18 @@ class Trainer:
             return
         path = self.ckpt_dir / "last.ckpt" if resume in (True, "auto") else Path(resume)
         if path.is_file():
-            self.load_checkpoint(path)
-            if self.dist.is_main:
-                print(f"resumed from {path} at step {self.step}", flush=True)
+            try:
+                self.load_checkpoint(path)
+            except CheckpointError as err:
+                if resume not in (True, "auto"):
+                    raise
+                raise CheckpointError(
+                    f"cannot resume this run: {err}. To start it afresh, run again with --no-resume (its checkpoints "
+                    "are then overwritten); to keep them, move the run folder away or give another checkpoint with "
+                    "--resume PATH") from None
+            self.say(f"resumed from {path} at step {self.step}")
         elif resume != "auto":
-            raise ValueError(f"resume: no checkpoint at {str(path)!r}")
+            raise MissingFileError(f"resume: no checkpoint at {str(path)!r}")
 
     # ----------------------------------------------------------------- the loop
     def _autocast(self):
@@ -275,7 +295,9 @@ class Trainer:
         cfg = self.cfg
         if self.step >= cfg.max_steps:
             if self.dist.is_main:
-                print(f"run already finished at step {self.step} (train.max_steps={cfg.max_steps}): {self.run_dir}")
+                self.say(f"run already finished at step {self.step} (train.max_steps={cfg.max_steps}): {self.run_dir}")
+                # again: a run stopped between its last checkpoint and its export (a requeue, a kill) has none
+                self.task.export(self.run_dir)
             return self._final_metrics({})
         bar = tqdm(
             total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
@@ -315,6 +337,7 @@ class Trainer:
                     last_logged["data/skipped_files"] = float(self.loader.skipped)  # by this rank's loader
                     self.logger.scalars(last_logged, self.step)
                     bar.set_postfix(self._postfix(last_logged), refresh=False)
+                    self._progress_line(last_logged, t_total / max(len(next(iter(window.values()), [0])), 1))
                     window, t_wait, t_total = {}, 0.0, 0.0
                 if due(self.step, cfg.checkpoint_every) or self.step == cfg.max_steps:
                     self.save_checkpoint()
@@ -328,6 +351,29 @@ class Trainer:
         metrics = self._final_metrics(last_logged)
         self.logger.close()
         return metrics
+
+    def _progress_line(self, logged: dict[str, float], seconds_per_step: float) -> None:
+        """Rank 0: one line of progress into RUN/log.txt, and on stdout when there is no progress bar."""
+        if not self.dist.is_main:
+            return
+        cfg = self.cfg
+        left = (cfg.max_steps - self.step) * seconds_per_step
+        parts = [f"step {self.step}/{cfg.max_steps}"]
+        parts += [f"{k}={v}" for k, v in self._postfix(logged).items()]
+        lr = next((v for k, v in logged.items() if k.startswith("lr/")), None)
+        if lr is not None:
+            parts.append(f"lr={lr:.3g}")
+        parts.append(f"data_wait={logged.get('perf/data_wait_fraction', 0):.0%}")
+        if logged.get("train/skipped_steps"):
+            parts.append(f"skipped_steps={int(logged['train/skipped_steps'])}")
+        if logged.get("data/skipped_files"):
+            parts.append(f"skipped_files={int(logged['data/skipped_files'])}")
+        parts.append(f"eta={time.strftime('%H:%M:%S', time.gmtime(left)) if left < 86400 else f'{left / 86400:.1f}d'}")
+        line = "  ".join(parts)
+        if cfg.progress:
+            self.runlog.write(line)
+        else:
+            self.runlog.say(line)
 
     @staticmethod
     def _postfix(logged: dict[str, float]) -> dict[str, str]:
