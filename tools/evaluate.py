@@ -11,9 +11,11 @@ Settings (maskdcpt.evaluation.evaluate.EvalConfig): --config YAML, then the flag
 """
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
+from maskdcpt.cli import parse_args, tool_main
 from maskdcpt.config import format_override, load_config
 from maskdcpt.evaluation.evaluate import EvalConfig, evaluate
 from maskdcpt.launch import add_launcher_args, launch_tool
@@ -43,17 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@tool_main
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     if launch_tool(__file__, sys.argv[1:] if argv is None else argv, args.out or "runs/evaluate", args) is not None:
         return 0  # submitted: the job runs this same command with --launcher none
-    try:
-        config = eval_config(args)
-        model = load_restorer(args.model, device=args.device, arch=args.arch)
-        evaluate(model, args.data, out_dir=args.out, config=config, device=args.device)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = eval_config(args)
+    if args.out:  # a folder that cannot be written fails now, not after the whole evaluation
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    model = load_restorer(args.model, device=args.device, arch=args.arch)
+    evaluate(model, args.data, out_dir=args.out, config=config, device=args.device)
     return 0
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..config import load_config, ranged
+from ..errors import DataError, MissingFileError
 from .metrics import psnr, ssim
 from .restore import list_images, read_rgb, restore_image, with_prior, write_rgb
 
@@ -92,7 +93,7 @@ def load_tasks(data: str | os.PathLike) -> list[TaskData]:
     if data.is_file() and data.suffix.lower() in (".yml", ".yaml"):
         return _tasks_from_yaml(data)
     if not data.is_dir():
-        raise FileNotFoundError(f"evaluation data {data} is neither a folder nor a .yml/.yaml task list")
+        raise MissingFileError(f"evaluation data {data} is neither a folder nor a .yml/.yaml task list")
     lq, gt = _find_sub(data, _LQ_NAMES), _find_sub(data, _GT_NAMES)
     if lq and gt:
         return [TaskData(data.name, lq, gt)]
@@ -102,7 +103,7 @@ def load_tasks(data: str | os.PathLike) -> list[TaskData]:
         if lq and gt:
             tasks.append(TaskData(sub.name, lq, gt))
     if not tasks:
-        raise ValueError(f"{data}: no LQ/ and GT/ subfolders, neither here nor in its subfolders")
+        raise DataError(f"{data}: no LQ/ and GT/ subfolders, neither here nor in its subfolders")
     return tasks
 
 
@@ -139,7 +140,7 @@ def _tasks_from_yaml(path: Path) -> list[TaskData]:
             folder = Path(getattr(entry, key)).expanduser()
             folder = folder if folder.is_absolute() else path.parent / folder
             if not folder.is_dir():
-                raise ValueError(f"tasks[{i}].{key}: {key} folder {folder} of task {entry.name!r} does not exist "
+                raise DataError(f"tasks[{i}].{key}: {key} folder {folder} of task {entry.name!r} does not exist "
                                  f"(in {path})")
             folders.append(folder)
         tasks.append(TaskData(entry.name, *folders))
@@ -150,7 +151,7 @@ def pair_images(task: TaskData) -> list[tuple[Path, Path]]:
     """(LQ, GT) file pairs of a task, sorted by LQ name; every LQ must have a GT."""
     lqs, gts = list_images(task.lq), list_images(task.gt)
     if not lqs:
-        raise ValueError(f"task {task.name}: no images in {task.lq}")
+        raise DataError(f"task {task.name}: no images in {task.lq}")
     by_name = {p.name: p for p in gts}
     by_stem = {p.stem: p for p in gts}
     pairs, unmatched = [], []
@@ -161,7 +162,7 @@ def pair_images(task: TaskData) -> list[tuple[Path, Path]]:
         else:
             pairs.append((lq, gt))
     if unmatched:
-        raise ValueError(f"task {task.name}: no ground truth in {task.gt} for {len(unmatched)} LQ images: "
+        raise DataError(f"task {task.name}: no ground truth in {task.gt} for {len(unmatched)} LQ images: "
                          f"{', '.join(unmatched[:10])}")
     return pairs
 
@@ -213,7 +214,7 @@ def evaluate(model: nn.Module, data: str | os.PathLike | list[TaskData], out_dir
             lq, _ = read_rgb(lq_path)
             gt, bits = read_rgb(gt_path)
             if lq.shape != gt.shape:
-                raise ValueError(f"task {task.name}: {lq_path} is {tuple(lq.shape[1:])} but its GT {gt_path} is "
+                raise DataError(f"task {task.name}: {lq_path} is {tuple(lq.shape[1:])} but its GT {gt_path} is "
                                  f"{tuple(gt.shape[1:])}")
             model_input = with_prior(model, lq, lq_path, config.prior)
             out = restore_image(model, model_input, tile=config.tile, overlap=config.overlap, device=device)

@@ -209,6 +209,7 @@ def restore_path(model: nn.Module, input: str | os.PathLike, output: str | os.Pa
     folder = targets[0].parent
     if folder.exists() and not folder.is_dir():
         raise DataError(f"output {folder} is an existing file; give a folder (or an image path for one input image)")
+    folder.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails now, before any work
     if getattr(model, "prior_channels", 0) and prior is None:
         raise DataError("this restorer takes a generative prior as extra input: give the prior folder (--prior DIR)")
     written: list[Path] = []
