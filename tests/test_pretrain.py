@@ -185,6 +185,30 @@ def test_zero_intervals_switch_periodic_actions_off(tmp_path):
     assert not list((tmp_path / "checkpoints").glob("step_*.ckpt"))
 
 
+@pytest.mark.parametrize("previous", ["a handler that goes on (submitit's)", "none: SIGTERM ends the process"])
+def test_sigterm_writes_a_checkpoint_at_the_next_step(tmp_path, previous):
+    trainer, task = _trainer(tmp_path, ["train.checkpoint_every=0", "train.log_every=0"], _fixed_batch(), 4)
+    saved, seen = [], []
+    trainer.save_checkpoint = lambda save=trainer.save_checkpoint: saved.append(trainer.step) or save()
+    task.after_step = lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == 2 else None  # an operator's requeue
+    handler = (lambda signum, frame: seen.append(signum)) if previous.startswith("a handler") else signal.SIG_DFL
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        if handler is signal.SIG_DFL:
+            with pytest.raises(SystemExit) as info:
+                trainer.fit(resume=False)
+            assert info.value.code == 128 + signal.SIGTERM and saved == [2]
+        else:
+            trainer.fit(resume=False)
+            assert saved == [2, 4] and seen == [signal.SIGTERM]  # the previous handler still ran
+        assert signal.getsignal(signal.SIGTERM) is handler  # and is back in place
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    from maskdcpt.training.checkpoint import load_state
+
+    assert load_state(tmp_path / "checkpoints" / "last.ckpt")["step"] == saved[-1]
+
+
 def test_weight_decay_spares_norms_biases_and_1d_parameters():
     cfg = load_pretrain_config(None, ["optim.weight_decay=0.5", "optim.classifier_weight_decay=0.25"])
     task = PretrainTask(cfg, DistInfo())

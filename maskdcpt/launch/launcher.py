@@ -117,6 +117,9 @@ def executor_parameters(opts: LaunchOptions) -> dict[str, Any]:
         params["mem_gb"] = opts.mem_gb
     if opts.launcher == "slurm":
         params["slurm_signal_delay_s"] = opts.signal_delay_s
+        # srun's own default truncates the task logs when a requeued job starts again, which erases the
+        # first attempt's output (why it was preempted); sbatch's files are already appended to by submitit.
+        params["slurm_srun_args"] = ["--open-mode=append"]
         for key in ("partition", "account", "qos", "constraint"):
             if getattr(opts, key) is not None:
                 params[f"slurm_{key}"] = getattr(opts, key)

@@ -11,6 +11,8 @@ import abc
 import contextlib
 import json
 import logging
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -122,6 +124,43 @@ class BatchStream(Protocol):
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class TerminationWatch:
+    """While training: SIGTERM asks for a checkpoint at the next step boundary.
+
+    SIGTERM is how an operator's ``scontrol requeue`` or ``scancel``, a preemption without the job's signal
+    delay, or torchrun's agent stop a run; SLURM sends SIGKILL ``KillWait`` seconds later. Without this the
+    run loses every step since its last periodic checkpoint, and a requeue before the first one starts over.
+    The previous handler still runs (submitit's logs the signal and goes on: the job then trains until
+    SLURM kills it); where SIGTERM used to end the process (no handler), it ends after the checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: Any = None
+        self.installed = False
+
+    @property
+    def exit_after_checkpoint(self) -> bool:
+        return self.previous in (signal.SIG_DFL, None)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if callable(self.previous):
+            self.previous(signum, frame)
+
+    def __enter__(self) -> "TerminationWatch":
+        if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
+            self.previous = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._handle)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+            self.installed = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -308,7 +347,9 @@ class Trainer:
         last_logged: dict[str, float] = {}
         t_wait = t_total = 0.0
         global_batch = cfg.batch_size
+        termination = TerminationWatch()
         try:
+            termination.__enter__()
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
                 try:
@@ -339,9 +380,13 @@ class Trainer:
                     bar.set_postfix(self._postfix(last_logged), refresh=False)
                     self._progress_line(last_logged, t_total / max(len(next(iter(window.values()), [0])), 1))
                     window, t_wait, t_total = {}, 0.0, 0.0
-                if due(self.step, cfg.checkpoint_every) or self.step == cfg.max_steps:
+                saved = due(self.step, cfg.checkpoint_every) or self.step == cfg.max_steps
+                if saved:
                     self.save_checkpoint()
+                if termination.requested:
+                    self._checkpoint_on_termination(termination, saved)
         finally:
+            termination.__exit__()
             bar.close()
             self.logger.flush()
             if self.loader is not None:  # name the files of the unfinished data epoch too
@@ -351,6 +396,14 @@ class Trainer:
         metrics = self._final_metrics(last_logged)
         self.logger.close()
         return metrics
+
+    def _checkpoint_on_termination(self, termination: TerminationWatch, saved: bool) -> None:
+        termination.requested = False
+        if not saved:
+            self.save_checkpoint()
+        self.say(f"SIGTERM: checkpoint written at step {self.step}; a resumed or requeued run continues from it")
+        if termination.exit_after_checkpoint:
+            raise SystemExit(128 + signal.SIGTERM)
 
     def _progress_line(self, logged: dict[str, float], seconds_per_step: float) -> None:
         """Rank 0: one line of progress into RUN/log.txt, and on stdout when there is no progress bar."""
