@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from maskdcpt.launch import LaunchOptions, launch
+from maskdcpt.launch import LaunchOptions, build_executor, launch
 from maskdcpt.launch import sweep as sweep_mod
 
 pytestmark = pytest.mark.slurm
@@ -236,6 +236,21 @@ def test_interrupted_job_resumes_and_ends_with_the_uninterrupted_weights(runs, h
     reference, interrupted = _weights(root / "reference"), _weights(root / how)
     assert len(reference) > 0 and reference.keys() == interrupted.keys()
     assert all(torch.equal(reference[k], interrupted[k]) for k in reference), "weights differ from the uninterrupted run"
+
+
+def test_a_requeue_appends_to_the_job_logs(partition, tmp_path):
+    # sbatch's --open-mode=append reaches srun only through SLURM_OPEN_MODE in the job's environment; where it
+    # does not (a site's job environment, a setup that resets it), srun's default truncated the task log when
+    # the requeued job started, erasing why the first attempt stopped.
+    opts = LaunchOptions(launcher="slurm", partition=partition, timeout_min=5, job_name="maskdcpt-log")
+    executor = build_executor(opts, tmp_path / "%j")
+    executor.update_parameters(slurm_setup=["unset SLURM_OPEN_MODE"])
+    job = executor.submit(os.system, "echo attempt ${SLURM_RESTART_COUNT:-0}")
+    _wait(job, timeout_s=120)
+    subprocess.run(["scontrol", "requeue", str(job.job_id)], check=True)  # after the end: SLURM runs it again
+    _wait_after_requeue(job, timeout_s=120)
+    log = Path(job.paths.stdout).read_text()
+    assert "attempt 0" in log and "attempt 1" in log, log
 
 
 def test_three_member_sweep_runs_as_one_array_and_collects(partition, tmp_path, capsys):
