@@ -136,9 +136,10 @@ def _interrupt_mid_run(job, run_dir: Path, interrupt) -> None:
 
     The race this closes: the test used to wait for *both* interrupted jobs' first checkpoints before it
     interrupted either. Under load (2 cores, load 5) the first job could finish all its steps meanwhile;
-    SLURM requeues a finished batch job all the same, so the job ran a second time from its final
-    checkpoint while its first result file already said "done" and the test read a log that the new
-    attempt was overwriting: no "resumed from" in it.
+    SLURM requeues a finished batch job all the same (it runs again, SLURM_RESTART_COUNT=1), and the first
+    attempt's result file made ``job.done()`` true at once: the test read the log before the second attempt
+    had printed anything (or, where srun does not append, after it had emptied the log). The first attempt
+    ran from scratch to the end, so there was no "resumed from" to find.
     """
     deadline = time.time() + JOB_TIMEOUT_S
     while (step := _checkpoint_step(run_dir)) is None:
