@@ -182,6 +182,10 @@ def test_zero_intervals_switch_periodic_actions_off(tmp_path):
     metrics = trainer.fit(resume=False)
     assert metrics["step"] == 3 and "loss/total" in metrics  # logged once, at the end
     assert saved == [3] and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    from maskdcpt.training.checkpoint import load_state
+
+    state = load_state(tmp_path / "checkpoints" / "last.ckpt")  # says what it is, like every file we write
+    assert state["format"] == "maskdcpt-training-state" and state["weights_metadata"]["model_name"] == "nafnet_tiny"
     assert not list((tmp_path / "checkpoints").glob("step_*.ckpt"))
 
 

@@ -247,6 +247,8 @@ class Trainer:
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {
+            "format": "maskdcpt-training-state",  # what the file is; its weights_metadata says which model
+            "weights_metadata": self.task.weights_metadata(),
             "step": self.step,
             "model": self.task.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
