@@ -228,10 +228,11 @@ def test_interrupted_job_resumes_and_ends_with_the_uninterrupted_weights(runs, h
     assert "resumed from" not in first and "done at step" not in first
     resumed = re.findall(r"resumed from .*last\.ckpt at step (\d+)", second)
     assert resumed and int(resumed[-1]) >= 4, f"the requeued job did not resume from a checkpoint:\n{log[-3000:]}"
-    # an operator's requeue sends SIGTERM first: the job checkpoints at its next step, and resumes from that one
+    # an operator's requeue sends SIGTERM first: the job checkpoints at its next step and resumes from there
+    # or later (it trains on until SLURM's SIGKILL, KillWait seconds on, and may pass a periodic checkpoint)
     sigterm = re.findall(r"SIGTERM: checkpoint written at step (\d+)", first)
     if sigterm:
-        assert int(resumed[-1]) == int(sigterm[-1]), log[-3000:]
+        assert int(resumed[-1]) >= int(sigterm[-1]), log[-3000:]
     if how == "preemption_signal":
         assert "requeueing; resume=" in log, "TrainingJob.checkpoint() was not called"
     reference, interrupted = _weights(root / "reference"), _weights(root / how)
