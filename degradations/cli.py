@@ -23,6 +23,7 @@ import sys
 
 import numpy as np
 import yaml
+from tqdm import tqdm
 
 from .config import EngineConfig
 from .engine import DegradationEngine
@@ -123,12 +124,15 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(args.output, exist_ok=True)
     engine = DegradationEngine(config)  # apply() takes any of its types, selected or not
     sheet_rows: list[list[Tile]] = []
-    with open(os.path.join(args.output, "labels.jsonl"), "w") as labels:
+    progress = tqdm(total=len(images) * len(names) * len(levels), desc="degrade", unit="img", dynamic_ncols=True)
+    with progress, open(os.path.join(args.output, "labels.jsonl"), "w") as labels:
         for i, (stem, image) in enumerate(images):
             for name in names:
                 spec = engine.resolve(name)
                 row = [Tile(image, f"clean ({stem})")]
+                progress.set_postfix_str(f"{stem} {name}", refresh=False)
                 for j, level in enumerate(levels):
+                    progress.update(1)
                     sample = engine.apply(image, name, level, seed=(args.seed, i, spec.id))
                     file = f"{stem}_{spec.id:02d}_{name}_L{level:.2f}.png"
                     lq = to_uint8(sample.lq)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from maskdcpt.data import decode
 from maskdcpt.data.decode import SkipImage, read_image, to_float
 
 
@@ -83,6 +84,32 @@ def test_bad_files_raise_typed_skips(tmp_path):
         read_image(str(tmp_path / "absent.png"))
     (tmp_path / "whole.jpg").write_bytes(_jpeg_bytes())
     assert read_image(str(tmp_path / "whole.jpg"), min_size=64).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("jpeg_decoder", ["opencv", "pil"])
+def test_trailing_data_decodes_and_only_a_real_truncation_is_skipped(tmp_path, monkeypatch, jpeg_decoder):
+    # "pil": the path taken where OpenCV pads a cut JPEG with gray instead of refusing it
+    monkeypatch.setattr(decode, "opencv_pads_truncated_jpeg", lambda: jpeg_decoder == "pil")
+    whole = _jpeg_bytes(96)
+    expected = cv2.cvtColor(cv2.imdecode(np.frombuffer(whole, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    # A phone's motion photo: the JPEG, then 8 KB of video (no end-of-image marker among its last bytes).
+    video = b"\x00\x00\x00\x18ftypmp42" + bytes(np.random.default_rng(1).integers(0, 255, 8180, dtype=np.uint8))
+    assert b"\xff\xd9" not in video
+    (tmp_path / "motion.jpg").write_bytes(whole + video)
+    image = read_image(str(tmp_path / "motion.jpg"))
+    assert image.shape == (96, 96, 3)
+    assert np.abs(image.astype(int) - expected).max() <= (0 if jpeg_decoder == "opencv" else 2)
+    png = cv2.imencode(".png", np.ascontiguousarray(expected[..., ::-1]))[1].tobytes()
+    (tmp_path / "trailing.png").write_bytes(png + video)
+    np.testing.assert_array_equal(read_image(str(tmp_path / "trailing.png")), expected)
+    for cut in (len(whole) // 2, len(whole) - 2):  # half the scan data; only the end-of-image marker
+        (tmp_path / "cut.jpg").write_bytes(whole[:cut])
+        with pytest.raises(SkipImage) as info:
+            read_image(str(tmp_path / "cut.jpg"))
+        assert info.value.reason == "truncated", cut
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
+    with pytest.raises(SkipImage, match="truncated"):
+        read_image(str(tmp_path / "cut.png"))
 
 
 def test_to_float_ranges():

@@ -129,3 +129,27 @@ def test_index_corpus_cli(tmp_path):
     assert "indexed 2 entries" in result.stdout
     index = CorpusIndex.load(out)
     assert index.type_id.tolist() == [6, 6] and index.sources[0].kind == "paired"
+
+
+def test_symlink_loops_and_dangling_links_are_skipped_named_and_counted(tmp_path):
+    root = tmp_path / "corpus"
+    _write(root / "a.png", 0)
+    _write(root / "L1" / "b.png", 1)
+    os.symlink(".", root / "L1" / "self")  # a folder loop: L1/self/self/… (ELOOP after 40 levels)
+    os.symlink("loop2.png", root / "loop1.png")  # a loop of file links
+    os.symlink("loop1.png", root / "loop2.png")
+    os.symlink("gone.png", root / "dangling.png")
+    os.symlink("L1", root / "alias")  # a second path to L1: its images are indexed once
+    out = tmp_path / "corpus.index"
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "index_corpus.py"), str(root), "--out", str(out)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "indexed 2 entries" in result.stdout and "skipped 5 path(s)" in result.stdout
+    for name, reason in [("L1/self", "symlink loop back to"), ("loop1.png", "symlink loop"),
+                         ("loop2.png", "symlink loop"), ("dangling.png", "dangling symlink"),
+                         ("alias", "second path to")]:
+        assert f"skipped {root / name}: {reason}" in result.stderr, (name, result.stderr)
+    index = CorpusIndex.load(out)
+    assert list(index.iter_relpaths()) == ["L1/b.png", "a.png"]
+    assert len(index.skipped) == 5 and (str(root / "dangling.png"), "dangling symlink (its target does not exist)") in index.skipped

@@ -40,6 +40,7 @@ def test_degrade_folder_end_to_end(tmp_path):
     options = ("--types", "noise,jpeg", "--levels", "2", "--sheet", str(sheet), "--tile", "64")
     result = run_tool(str(inputs), str(out), *options)
     assert result.returncode == 0, result.stderr
+    assert "degrade: 100%" in result.stderr and "8/8" in result.stderr  # progress shown
     records = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 2 * 2
     assert {(r["source"], r["type_id"], r["type_name"], r["level"]) for r in records} == {
@@ -74,6 +75,10 @@ def test_bad_arguments_give_clear_errors(tmp_path):
     assert result.returncode == 2 and "unknown degradation type 'fog'" in result.stderr
     result = run_tool(str(tmp_path / "out"), "--levels", "0")
     assert result.returncode == 2 and "--levels must be at least 1" in result.stderr
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    result = run_tool(str(tmp_path / "taken"), "--types", "noise", "--levels", "1")
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {tmp_path / 'taken'}: File exists")
+    assert "Traceback" not in result.stderr
 
 
 def test_benchmark_measures_every_registered_type():

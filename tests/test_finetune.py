@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from maskdcpt.errors import CheckpointError
 from maskdcpt.models import build_maskdcpt, create_model
 from maskdcpt.models.checkpoint import load_restorer, save_weights
 from maskdcpt.models.prior import add_prior_channels
@@ -141,6 +142,18 @@ def test_thirty_step_finetune_from_a_pretraining_run_end_to_end(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert "loaded all" in res.stdout and "new by design: nothing" in res.stdout
+
+    # every weight file says what it is: the trainer's weights of a fine-tuning run are a restorer (without --arch);
+    # a pre-training run's are not, nor is an encoder export
+    last = tmp_path / "ft" / "checkpoints" / "last.safetensors"
+    with safe_open(str(last), "pt") as f:
+        assert (f.metadata()["format"], f.metadata()["model_name"], f.metadata()["step"]) == ("maskdcpt-restorer", "nafnet_tiny", "30")
+    assert isinstance(load_restorer(last), torch.nn.Module)
+    with safe_open(str(tmp_path / "pre" / "checkpoints" / "last.safetensors"), "pt") as f:
+        assert (f.metadata()["format"], f.metadata()["model_name"]) == ("maskdcpt-pretraining", "nafnet_tiny")
+    for not_a_restorer in (tmp_path / "pre" / "checkpoints" / "last.safetensors", tmp_path / "enc.safetensors"):
+        with pytest.raises(CheckpointError, match="is not a restorer"):
+            load_restorer(not_a_restorer)
 
     final = last_weights(tmp_path / "ft")
     restorer = load_file(str(tmp_path / "ft" / "restorer.safetensors"))

@@ -40,6 +40,7 @@ def test_gpu_command_line_maps_to_one_task_per_gpu_with_slurm_prefixed_keys():
     assert executor_parameters(LaunchOptions.from_args(args)) == {
         "name": "maskdcpt", "nodes": 2, "tasks_per_node": 8, "cpus_per_task": 10, "gpus_per_node": 8,
         "timeout_min": 4320, "slurm_signal_delay_s": 120, "slurm_partition": "gpu", "slurm_account": "vision",
+        "slurm_srun_args": ["--open-mode=append"],  # a requeue must not erase the first attempt's log
     }
 
 

@@ -31,6 +31,13 @@ def test_default_command_writes_a_complete_run_folder(tmp_path):
     assert res.returncode == 0, res.stderr
     run = tmp_path / "r"
     assert f"run folder: {run.resolve()}" in res.stdout
+    # without a progress bar, a progress line every log_every steps; all of it also in RUN/log.txt
+    assert [line.split()[1] for line in res.stdout.splitlines() if line.startswith("step ")] == ["1/4", "2/4", "3/4", "4/4"]
+    text = (run / "log.txt").read_text()
+    for expected in ("CPU threads", "config (besides the defaults; all in config.yaml): optim.warmup_steps=2 "
+                     "train.max_steps=4", "run folder:", "step 4/4  loss=", "done at step 4"):
+        assert expected in text, expected
+    assert all(not (run / name).exists() for name in ("config_history",))
     cfg = load_pretrain_config(run / "config.yaml")  # the resolved config round-trips
     assert cfg.train.max_steps == 4 and cfg.data.crop_size == 64
     assert json.loads((run / "metrics.json").read_text())["step"] == 4
@@ -150,6 +157,46 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in task.model.state_dict().items())
 
 
+def test_zero_intervals_switch_periodic_actions_off(tmp_path):
+    batch = _fixed_batch()
+    off = ["train.log_every=0", "train.checkpoint_every=0", "train.keep_every=0", "train.image_every=0"]
+    trainer, _ = _trainer(tmp_path, off, batch, 3)
+    saved = []
+    trainer.save_checkpoint = lambda save=trainer.save_checkpoint: saved.append(trainer.step) or save()
+    metrics = trainer.fit(resume=False)
+    assert metrics["step"] == 3 and "loss/total" in metrics  # logged once, at the end
+    assert saved == [3] and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    from maskdcpt.training.checkpoint import load_state
+
+    state = load_state(tmp_path / "checkpoints" / "last.ckpt")  # says what it is, like every file we write
+    assert state["format"] == "maskdcpt-training-state" and state["weights_metadata"]["model_name"] == "nafnet_tiny"
+    assert not list((tmp_path / "checkpoints").glob("step_*.ckpt"))
+
+
+@pytest.mark.parametrize("previous", ["a handler that goes on (submitit's)", "none: SIGTERM ends the process"])
+def test_sigterm_writes_a_checkpoint_at_the_next_step(tmp_path, previous):
+    trainer, task = _trainer(tmp_path, ["train.checkpoint_every=0", "train.log_every=0"], _fixed_batch(), 4)
+    saved, seen = [], []
+    trainer.save_checkpoint = lambda save=trainer.save_checkpoint: saved.append(trainer.step) or save()
+    task.after_step = lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == 2 else None  # an operator's requeue
+    handler = (lambda signum, frame: seen.append(signum)) if previous.startswith("a handler") else signal.SIG_DFL
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        if handler is signal.SIG_DFL:
+            with pytest.raises(SystemExit) as info:
+                trainer.fit(resume=False)
+            assert info.value.code == 128 + signal.SIGTERM and saved == [2]
+        else:
+            trainer.fit(resume=False)
+            assert saved == [2, 4] and seen == [signal.SIGTERM]  # the previous handler still ran
+        assert signal.getsignal(signal.SIGTERM) is handler  # and is back in place
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    from maskdcpt.training.checkpoint import load_state
+
+    assert load_state(tmp_path / "checkpoints" / "last.ckpt")["step"] == saved[-1]
+
+
 def test_weight_decay_spares_norms_biases_and_1d_parameters():
     cfg = load_pretrain_config(None, ["optim.weight_decay=0.5", "optim.classifier_weight_decay=0.25"])
     task = PretrainTask(cfg, DistInfo())
@@ -210,13 +257,54 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert killed_at is not None and killed_at < 8
 
-    resumed = _pretrain(tmp_path / "b", *common)
+    # a kill during a checkpoint write leaves its temporary file (gigabytes at release size): resume removes it
+    stale = tmp_path / "b" / "r" / "checkpoints" / ".last.safetensors.x1y2z3w4.tmp"
+    stale.write_bytes(b"half of a checkpoint")
+    resumed = _pretrain(tmp_path / "b", *common, "train.log_every=4")  # a benign change: warned, recorded
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout
+    assert not stale.exists() and "removed 1 temporary file(s)" in resumed.stderr
+    assert "resuming with 1 changed setting(s)" in resumed.stderr and "train.log_every: 1 → 4" in resumed.stderr
+    history = tmp_path / "b" / "r" / "config_history" / "config.1.yaml"
+    assert load_pretrain_config(history).train.log_every == 1
+    assert load_pretrain_config(tmp_path / "b" / "r" / "config.yaml").train.log_every == 4
+    assert "WARNING resuming with 1 changed setting(s)" in (tmp_path / "b" / "r" / "log.txt").read_text()
+    assert not list((tmp_path / "b" / "r").rglob("*.tmp"))
     a, b = last_weights(tmp_path / "a" / "r"), last_weights(tmp_path / "b" / "r")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_a_resume_refuses_a_changed_model_or_data_shape_and_records_benign_changes(tmp_path):
+    from maskdcpt.config import save_config
+    from maskdcpt.errors import ConfigError
+    from maskdcpt.training.logging import RunLog
+    from maskdcpt.training.run import config_changes, record_config
+
+    run = tmp_path / "r"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint")
+    save_config(load_pretrain_config(None, ["train.max_steps=300"]), run / "config.yaml")
+    new = load_pretrain_config(None, ["train.max_steps=110", "train.checkpoint_every=10"])
+    changes = config_changes(new, run, "auto")
+    assert changes == [("train.checkpoint_every", 50, 10), ("train.max_steps", 300, 110)]
+    for override, key in [("model.name=restormer_tiny", "model.name"), ("model.kwargs={width: 8}", "model.kwargs"),
+                          ("model.num_classes=5", "model.num_classes"), ("data.crop_size=64", "data.crop_size"),
+                          ("train.batch_size=16", "train.batch_size")]:
+        with pytest.raises(ConfigError, match=f"cannot resume {run} with a changed {key}.*--no-resume"):
+            config_changes(load_pretrain_config(None, [override]), run, "auto")
+        assert config_changes(load_pretrain_config(None, [override]), run, False) == []  # starting afresh: allowed
+    with RunLog(run / "log.txt") as runlog:
+        record_config(new, run, runlog, changes)
+    assert load_pretrain_config(run / "config_history" / "config.1.yaml").train.max_steps == 300
+    assert load_pretrain_config(run / "config.yaml").train.max_steps == 110
+    assert "train.max_steps: 300 → 110" in (run / "log.txt").read_text()
+    with RunLog(run / "log.txt") as runlog:  # the same config again: nothing new to keep
+        record_config(new, run, runlog, [])
+    assert len(list((run / "config_history").iterdir())) == 1
+    assert config_changes(load_pretrain_config(None, ["model.mask_ratio=0.75"]), run, "auto") == [
+        ("model.mask_ratio", 0.5, 0.75), ("train.checkpoint_every", 10, 50), ("train.max_steps", 110, 300)]
 
 
 def _free_port():

@@ -1,3 +1,6 @@
+import importlib.util
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -134,3 +137,72 @@ def test_restore_path_single_file_and_errors(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="broken.png"):
         restore_path(LocalNet(), tmp_path / "broken.png", tmp_path / "o", progress=False)
+
+
+# --- tools/restore.py: what a new user meets ---------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _restore_tool():
+    spec = importlib.util.spec_from_file_location("restore_tool", REPO / "tools" / "restore.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool.main
+
+
+@pytest.fixture(scope="module")
+def restorer_file(tmp_path_factory):
+    from maskdcpt.models import create_model
+    from maskdcpt.models.checkpoint import save_restorer
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "restorer.safetensors"
+    save_restorer(create_model("nafnet_tiny"), path, "nafnet_tiny")
+    return path
+
+
+def test_restore_tool_restores_every_readable_input_and_names_the_rest(tmp_path, restorer_file, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "c.png"):
+        cv2.imwrite(str(src / name), rng.integers(0, 256, (24, 40, 3), dtype=np.uint8))
+    (src / "b.png").write_bytes(b"not an image")  # sorts between the good ones: the run must go past it
+    whole = cv2.imencode(".jpg", rng.integers(0, 256, (24, 40, 3), dtype=np.uint8))[1].tobytes()
+    (src / "d.jpg").write_bytes(whole[: len(whole) // 2])
+    main = _restore_tool()
+    assert main(["--model", str(restorer_file), "--device", "cpu", str(src), str(tmp_path / "out")]) == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "c.png"]
+    err = capsys.readouterr().err
+    assert f"skipped {src / 'b.png'}: cannot read image {src / 'b.png'}: undecodable" in err
+    assert f"skipped {src / 'd.jpg'}: cannot read image {src / 'd.jpg'}: truncated" in err
+    assert "2 of 4 input(s) could not be restored (named above); exit status 1" in err
+    # all readable: status 0
+    (src / "b.png").unlink()
+    (src / "d.jpg").unlink()
+    assert main(["--model", str(restorer_file), "--device", "cpu", str(src), str(tmp_path / "out2")]) == 0
+
+
+def test_restore_tool_refuses_an_output_that_is_a_file_and_weights_that_are_not_a_restorer(tmp_path, restorer_file,
+                                                                                           capsys):
+    from maskdcpt.models import build_maskdcpt
+    from maskdcpt.models.checkpoint import save_weights
+
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.png"), np.full((16, 16, 3), 90, np.uint8))
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    main = _restore_tool()
+    assert main(["--model", str(restorer_file), "--device", "cpu", str(src), str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: output ") and "is an existing file" in err and "Traceback" not in err
+    # a pre-training encoder export loads into the dense restorer but is not one: refused unless asked
+    encoder = tmp_path / "encoder.safetensors"
+    save_weights(build_maskdcpt("nafnet_tiny").backbone.state_dict(), encoder,
+                 {"format": "maskdcpt-encoder", "model_name": "nafnet_tiny"})
+    assert main(["--model", str(encoder), "--device", "cpu", str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a restorer but a pre-trained encoder" in err and "--any-format" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["--model", str(encoder), "--any-format", "--device", "cpu", str(src), str(tmp_path / "out")]) == 0

@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 import torch
+from safetensors import safe_open
 
-from maskdcpt.launch import LaunchOptions, launch
+from maskdcpt.launch import LaunchOptions, build_executor, launch
 from maskdcpt.launch import sweep as sweep_mod
 
 from conftest import TINY_PRETRAIN, last_weights
@@ -117,29 +118,70 @@ def _scontrol_job(job_id: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in text.split() if "=" in item)
 
 
-def _wait_for_checkpoint(job, ckpt: Path) -> None:
+def _checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the run's last weights, or None before the first checkpoint."""
+    try:
+        with safe_open(str(run_dir / "checkpoints" / "last.safetensors"), "pt") as f:
+            return int(f.metadata()["step"])
+    except Exception:  # not there yet, or replaced while being read
+        return None
+
+
+def _interrupt_mid_run(job, run_dir: Path, interrupt) -> None:
+    """Interrupt ``job`` as soon as its first checkpoint is written, while it is certainly still training.
+
+    The race this closes: the test used to wait for *both* interrupted jobs' first checkpoints before it
+    interrupted either. Under load (2 cores, load 5) the first job could finish all its steps meanwhile;
+    SLURM requeues a finished batch job all the same (it runs again, SLURM_RESTART_COUNT=1), and the first
+    attempt's result file made ``job.done()`` true at once: the test read the log before the second attempt
+    had printed anything (or, where srun does not append, after it had emptied the log). The first attempt
+    ran from scratch to the end, so there was no "resumed from" to find.
+    """
     deadline = time.time() + JOB_TIMEOUT_S
-    while not ckpt.exists():
+    while (step := _checkpoint_step(run_dir)) is None:
         _check_not_stuck(job)
         if job.done() or time.time() > deadline:
-            pytest.fail(f"job {job.job_id} never wrote {ckpt}:\n{_logs(job)}")
-        time.sleep(0.3)
+            pytest.fail(f"job {job.job_id} never wrote a checkpoint in {run_dir}:\n{_logs(job)}")
+        time.sleep(0.2)
+    state = _scontrol_job(str(job.job_id))["JobState"]
+    if state != "RUNNING" or step >= STEPS or job.done():
+        pytest.fail(f"job {job.job_id} was {state} at step {step} of {STEPS} before it could be interrupted")
+    interrupt()
+
+
+def _wait_after_requeue(job, timeout_s: float = JOB_TIMEOUT_S) -> list:
+    """The results of the attempt that ran after the requeue: the job has restarted and then completed (or
+    has completed so long ago that the controller forgot it, MinJobAge: then its result file speaks)."""
+    deadline = time.time() + timeout_s
+    while True:
+        out = subprocess.run(["scontrol", "show", "job", "-o", str(job.job_id)], capture_output=True, text=True)
+        if out.returncode != 0 and job.done():
+            break
+        info = dict(item.split("=", 1) for item in out.stdout.split() if "=" in item)
+        if int(info.get("Restarts", 0)) >= 1 and info.get("JobState") == "COMPLETED":
+            break
+        _check_not_stuck(job)
+        if info.get("JobState") in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY") \
+                or time.time() > deadline:
+            job.cancel(check=False)
+            pytest.fail(f"job {job.job_id} ended {info.get('JobState')} (restarts {info.get('Restarts')}):\n{_logs(job)}")
+        time.sleep(1)
+    return _wait(job)
 
 
 @pytest.fixture(scope="module")
 def runs(partition, tmp_path_factory):
-    """Three 2-task runs submitted together: one left alone, two interrupted after their first checkpoint."""
+    """Three 2-task runs submitted together: one left alone, two interrupted right after their first checkpoint."""
     root = tmp_path_factory.mktemp("slurm_runs")
     opts = LaunchOptions(launcher="slurm", partition=partition, tasks_per_node=2, timeout_min=15,
                          signal_delay_s=60, job_name="maskdcpt-test")
     jobs = {name: launch(TARGET, None, [*TRAIN, f"run.output_dir={root}", f"run.name={name}"], opts)
             for name in ("reference", "scontrol_requeue", "preemption_signal")}
-    for name in ("scontrol_requeue", "preemption_signal"):
-        _wait_for_checkpoint(jobs[name], root / name / "checkpoints" / "last.ckpt")
-    # An operator's (or the scheduler's) requeue: SLURM kills the tasks and runs the batch script again.
-    subprocess.run(["scontrol", "requeue", str(jobs["scontrol_requeue"].job_id)], check=True)
+    # An operator's (or the scheduler's) requeue: SLURM sends SIGTERM, kills the tasks, runs the batch script again.
+    _interrupt_mid_run(jobs["scontrol_requeue"], root / "scontrol_requeue",
+                       lambda: subprocess.run(["scontrol", "requeue", str(jobs["scontrol_requeue"].job_id)], check=True))
     # A preemption: SLURM's signal reaches submitit, which calls TrainingJob.checkpoint() and requeues.
-    jobs["preemption_signal"]._interrupt()
+    _interrupt_mid_run(jobs["preemption_signal"], root / "preemption_signal", jobs["preemption_signal"]._interrupt)
     return root, jobs
 
 
@@ -173,17 +215,40 @@ def test_interrupted_job_resumes_and_ends_with_the_uninterrupted_weights(runs, h
     root, jobs = runs
     _wait(jobs["reference"])
     job = jobs[how]
-    rank0, _ = _wait(job)
+    rank0, _ = _wait_after_requeue(job)
     assert rank0["step"] == STEPS
-    assert int(_scontrol_job(str(job.job_id))["Restarts"]) >= 1, "SLURM never requeued the job"
     log = (root / how / "slurm" / str(job.job_id) / f"{job.job_id}_0_log.out").read_text()
-    resumed = re.findall(r"resumed from .*last\.ckpt at step (\d+)", log)
-    assert resumed and int(resumed[-1]) >= 4, f"the requeued job did not resume from a checkpoint:\n{log[-2000:]}"
+    # both attempts are in the log: a requeue appends, it does not erase why the first one stopped
+    assert log.count("run folder:") == 2, f"expected the output of two attempts:\n{log[-3000:]}"
+    first, second = log.split("run folder:")[1:]
+    assert "resumed from" not in first and "done at step" not in first
+    resumed = re.findall(r"resumed from .*last\.ckpt at step (\d+)", second)
+    assert resumed and int(resumed[-1]) >= 4, f"the requeued job did not resume from a checkpoint:\n{log[-3000:]}"
+    # an operator's requeue sends SIGTERM first: the job checkpoints at its next step and resumes from there
+    # or later (it trains on until SLURM's SIGKILL, KillWait seconds on, and may pass a periodic checkpoint)
+    sigterm = re.findall(r"SIGTERM: checkpoint written at step (\d+)", first)
+    if sigterm:
+        assert int(resumed[-1]) >= int(sigterm[-1]), log[-3000:]
     if how == "preemption_signal":
         assert "requeueing; resume=" in log, "TrainingJob.checkpoint() was not called"
     reference, interrupted = last_weights(root / "reference"), last_weights(root / how)
     assert len(reference) > 0 and reference.keys() == interrupted.keys()
     assert all(torch.equal(reference[k], interrupted[k]) for k in reference), "weights differ from the uninterrupted run"
+
+
+def test_a_requeue_appends_to_the_job_logs(partition, tmp_path):
+    # sbatch's --open-mode=append reaches srun only through SLURM_OPEN_MODE in the job's environment; where it
+    # does not (a site's job environment, a setup that resets it), srun's default truncated the task log when
+    # the requeued job started, erasing why the first attempt stopped.
+    opts = LaunchOptions(launcher="slurm", partition=partition, timeout_min=5, job_name="maskdcpt-log")
+    executor = build_executor(opts, tmp_path / "%j")
+    executor.update_parameters(slurm_setup=["unset SLURM_OPEN_MODE"])
+    job = executor.submit(os.system, "echo attempt ${SLURM_RESTART_COUNT:-0}")
+    _wait(job, timeout_s=120)
+    subprocess.run(["scontrol", "requeue", str(job.job_id)], check=True)  # after the end: SLURM runs it again
+    _wait_after_requeue(job, timeout_s=120)
+    log = Path(job.paths.stdout).read_text()
+    assert "attempt 0" in log and "attempt 1" in log, log
 
 
 def test_three_member_sweep_runs_as_one_array_and_collects(partition, tmp_path, capsys):

@@ -6,6 +6,7 @@ A thin shell over :mod:`degradations.cli`.
 import sys
 
 from degradations.cli import main
+from maskdcpt.cli import tool_main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(tool_main(main)(sys.argv[1:]))

@@ -17,10 +17,13 @@ Settings (maskdcpt.evaluation.evaluate.EvalConfig): --config YAML, then the flag
 """
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
+from maskdcpt.cli import parse_args, tool_main
 from maskdcpt.config import format_override, load_config
+from maskdcpt.errors import ConfigError
 from maskdcpt.evaluation.benchmarks import BENCHMARKS, evaluate_benchmark
 from maskdcpt.evaluation.evaluate import EvalConfig, evaluate
 from maskdcpt.evaluation.no_reference import score_folder
@@ -59,31 +62,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@tool_main
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     if launch_tool(__file__, sys.argv[1:] if argv is None else argv, args.out or "runs/evaluate", args) is not None:
         return 0  # submitted: the job runs this same command with --launcher none
-    try:
-        config = eval_config(args)
-        if args.no_reference:
-            score_folder(args.no_reference, args.inputs, lpips_weights=config.lpips_weights, out_dir=args.out,
-                         crop_border=config.crop_border, piqe_convention=args.piqe_convention, device=args.device)
-            return 0
-        if args.inputs:
-            raise ValueError("--inputs goes with --no-reference")
-        if not args.model:
-            raise ValueError(f"--model is needed with --{'data' if args.data else 'benchmark'}")
-        if args.benchmark and not args.datasets:
-            raise ValueError("--benchmark needs --datasets ROOT, the folder holding the test sets")
-        model = load_restorer(args.model, device=args.device, arch=args.arch)
-        if args.benchmark:
-            evaluate_benchmark(model, args.benchmark, args.datasets, out_dir=args.out, config=config,
-                               device=args.device)
-        else:
-            evaluate(model, args.data, out_dir=args.out, config=config, device=args.device)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    config = eval_config(args)
+    if args.out:  # a folder that cannot be written fails now, not after the whole evaluation
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.no_reference:
+        score_folder(args.no_reference, args.inputs, lpips_weights=config.lpips_weights, out_dir=args.out,
+                     crop_border=config.crop_border, piqe_convention=args.piqe_convention, device=args.device)
+        return 0
+    if args.inputs:
+        raise ConfigError("--inputs goes with --no-reference")
+    if not args.model:
+        raise ConfigError(f"--model is needed with --{'data' if args.data else 'benchmark'}")
+    if args.benchmark and not args.datasets:
+        raise ConfigError("--benchmark needs --datasets ROOT, the folder holding the test sets")
+    model = load_restorer(args.model, device=args.device, arch=args.arch)
+    if args.benchmark:
+        evaluate_benchmark(model, args.benchmark, args.datasets, out_dir=args.out, config=config, device=args.device)
+    else:
+        evaluate(model, args.data, out_dir=args.out, config=config, device=args.device)
     return 0
 
 

@@ -8,31 +8,27 @@
 import argparse
 import sys
 
+from maskdcpt.cli import add_resume_args, parse_args, tool_main
 from maskdcpt.launch import add_launcher_args, launch
 from maskdcpt.training.finetune import load_finetune_config, run_finetuning
 
 
+@tool_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (default: tiny NAFNet on the synthetic 5D set)")
     parser.add_argument("--pretrained", help="encoder .safetensors, a pre-training run folder, a release .pth, or none")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", nargs="?", const=True, default="auto", metavar="CKPT",
-                       help="resume from the run folder's last checkpoint (default: automatic if one exists) or CKPT")
-    group.add_argument("--no-resume", dest="resume", action="store_false", help="start fresh even if a checkpoint exists")
+    add_resume_args(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=30")
     add_launcher_args(parser)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     overrides = list(args.overrides)
     if args.pretrained is not None:
         overrides.append(f"pretrained={args.pretrained}")
-    try:
-        cfg = load_finetune_config(args.config, overrides)
-        if launch("finetune", args.config, overrides, args) is not None:
-            return 0  # submitted: the job runs the same fine-tuning
-        run_finetuning(cfg, resume=args.resume)
-    except ValueError as err:
-        parser.error(str(err))
+    cfg = load_finetune_config(args.config, overrides)
+    if launch("finetune", args.config, overrides, args) is not None:
+        return 0  # submitted: the job runs the same fine-tuning
+    run_finetuning(cfg, resume=args.resume)
     return 0
 
 

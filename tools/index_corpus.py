@@ -12,10 +12,12 @@ import argparse
 import sys
 import time
 
+from maskdcpt.cli import parse_args, tool_main
 from maskdcpt.data.index import build_index
 from maskdcpt.data.mixture import type_id_of
 
 
+@tool_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("roots", nargs="+", help="image trees (one source each)")
@@ -24,7 +26,7 @@ def main(argv=None) -> int:
                         help="per root: degradation type name or id of a pair tree (- for none)")
     parser.add_argument("--meta", nargs="+", default=None, help="per root: pair meta file (- for none)")
     parser.add_argument("--names", nargs="+", default=None, help="per root: source name (default: folder name)")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     n = len(args.roots)
     for option in ("type", "meta", "names"):
         values = getattr(args, option)
@@ -32,15 +34,18 @@ def main(argv=None) -> int:
             parser.error(f"--{option} needs one value per root ({n}), got {len(values)}")
     try:
         types = [(-1 if t == "-" else type_id_of(t)) for t in args.type] if args.type else None
-        metas = [(None if m == "-" else m) for m in args.meta] if args.meta else None
-        start = time.perf_counter()
-        index = build_index(args.roots, args.out, type_ids=types, metas=metas, names=args.names)
     except ValueError as err:
-        parser.error(str(err))
+        parser.error(f"--type: {err}")
+    metas = [(None if m == "-" else m) for m in args.meta] if args.meta else None
+    start = time.perf_counter()
+    index = build_index(args.roots, args.out, type_ids=types, metas=metas, names=args.names)
     seconds = time.perf_counter() - start
+    for path, reason in index.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
     for info in index.sources:
         print(f"  {info.name}: {len(info)} {'pairs' if info.kind == 'paired' else 'images'}, type id {info.type_id}")
-    print(f"indexed {len(index)} entries in {seconds:.1f} s → {args.out} ({index.nbytes() / 2**20:.1f} MiB)")
+    skipped = f"; skipped {len(index.skipped)} path(s), named above" if index.skipped else ""
+    print(f"indexed {len(index)} entries in {seconds:.1f} s → {args.out} ({index.nbytes() / 2**20:.1f} MiB){skipped}")
     return 0
 
 

@@ -10,26 +10,22 @@
 import argparse
 import sys
 
+from maskdcpt.cli import add_resume_args, parse_args, tool_main
 from maskdcpt.launch import add_launcher_args, launch
 from maskdcpt.training.pretrain import load_pretrain_config, run_pretraining
 
 
+@tool_main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (defaults: the tiny CPU run)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--resume", nargs="?", const=True, default="auto", metavar="CKPT",
-                       help="resume from the run folder's last checkpoint (default: automatic if one exists) or CKPT")
-    group.add_argument("--no-resume", dest="resume", action="store_false", help="start fresh even if a checkpoint exists")
+    add_resume_args(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=20")
     add_launcher_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_pretrain_config(args.config, args.overrides)
-        if launch("pretrain", args.config, args.overrides, args) is not None:
-            return 0  # submitted: the job runs the same training
-    except ValueError as err:
-        parser.error(str(err))
+    args = parse_args(parser, argv)
+    cfg = load_pretrain_config(args.config, args.overrides)
+    if launch("pretrain", args.config, args.overrides, args) is not None:
+        return 0  # submitted: the job runs the same training
     run_pretraining(cfg, resume=args.resume)
     return 0
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from degradations import EngineConfig
+from degradations import NUM_TYPES, EngineConfig
+
+from ..config import check_ranges, ranged
 
 
 @dataclass
@@ -30,8 +32,8 @@ class SourceConfig:
     root: str = ""
     index: str = ""
     meta: str = ""
-    type: str | int | None = None
-    weight: float = 1.0
+    type: str | int | None = ranged(None, ge=0, lt=NUM_TYPES)  # a name, or an id
+    weight: float = ranged(1.0, ge=0)
     name: str = ""
     prior: str = ""
     pseudo_gt: bool = False
@@ -60,32 +62,24 @@ class DataConfig:
     """
 
     sources: list[SourceConfig] = field(default_factory=list)
-    crop_size: int = 128
-    crops_per_image: int = 8
-    min_size: int = 0
+    crop_size: int = ranged(128, ge=32, fixed=True)  # 32: the engine's minimum
+    crops_per_image: int = ranged(8, ge=1)
+    min_size: int = ranged(0, ge=0)
     engine: EngineConfig = field(default_factory=EngineConfig)
     schedule: list[list[float]] = field(default_factory=list)
     class_balanced: bool = True
-    num_workers: int = 0
-    pseudo_gt_ratio: float | None = None
+    num_workers: int = ranged(0, ge=0)
+    pseudo_gt_ratio: float | None = ranged(None, ge=0, le=1)
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
-        if self.crop_size < 32:
-            raise ValueError(f"data.crop_size must be >= 32 (the engine's minimum), got {self.crop_size}")
-        if self.crops_per_image < 1:
-            raise ValueError(f"data.crops_per_image must be >= 1, got {self.crops_per_image}")
-        if self.min_size < 0:
-            raise ValueError(f"data.min_size must be >= 0, got {self.min_size}")
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        check_ranges(self, "data")
         for i, src in enumerate(self.sources):
+            check_ranges(src, f"data.sources[{i}]")
             if bool(src.root) == bool(src.index):
                 raise ValueError(f"data.sources[{i}]: give exactly one of 'root' or 'index'")
             if src.kind not in ("synthetic", "paired"):
                 raise ValueError(f"data.sources[{i}].kind must be 'synthetic' or 'paired', got {src.kind!r}")
-            if not src.weight >= 0:
-                raise ValueError(f"data.sources[{i}].weight must be >= 0, got {src.weight}")
             if src.meta and src.kind != "paired":
                 raise ValueError(f"data.sources[{i}]: 'meta' applies to paired sources only")
             if (src.prior or src.pseudo_gt) and src.kind != "paired":
@@ -96,8 +90,6 @@ class DataConfig:
             missing = [i for i, has in enumerate(with_prior) if not has]
             raise ValueError(f"data.sources{missing}: when one source has a 'prior' folder, all sources need one")
         if self.pseudo_gt_ratio is not None:
-            if not 0.0 <= self.pseudo_gt_ratio <= 1.0:
-                raise ValueError(f"data.pseudo_gt_ratio must lie in [0, 1], got {self.pseudo_gt_ratio}")
             kinds = {s.pseudo_gt for s in self.sources if s.kind == "paired"}
             if kinds != {True, False}:
                 raise ValueError("data.pseudo_gt_ratio needs paired sources both with and without 'pseudo_gt: true'")

@@ -11,8 +11,16 @@ Conversions (never silent failures):
 Files that cannot serve as training images raise :class:`SkipImage` with a short reason:
 ``missing``, ``empty``, ``truncated``, ``undecodable``, ``too small (H×W < min)``.
 The data sets count these and name them in a log line; nothing is replaced without the count.
+
+"Truncated" is the decoder's verdict, not a guess from the file's last bytes: a JPEG is complete when
+its data reaches the end-of-image marker, wherever that lies, so a phone's "motion photo" (a JPEG
+followed by a video) decodes like any JPEG. OpenCV 5 refuses a JPEG or PNG that ends early; an
+OpenCV that instead pads the missing rows with gray (libjpeg's default, as 4.x did) is detected once
+on a tiny file, and JPEGs then go to PIL, which refuses them too.
 """
 from __future__ import annotations
+
+import functools
 
 import cv2
 import numpy as np
@@ -27,17 +35,21 @@ class SkipImage(Exception):
         self.reason = reason
 
 
-def _looks_truncated(data: bytes) -> bool:
-    """True for a JPEG without its end-of-image marker or a PNG without its IEND chunk."""
-    if data[:2] == b"\xff\xd8":
-        return b"\xff\xd9" not in data[-4096:]
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return b"IEND" not in data[-64:]
-    return False
+def _is_jpeg(data: bytes) -> bool:
+    return data[:2] == b"\xff\xd8"
 
 
-def _decode_with_pil(data: bytes) -> np.ndarray | None:
-    """Fallback for formats OpenCV's build lacks; returns RGB(A) or gray, or None."""
+@functools.lru_cache(maxsize=None)
+def opencv_pads_truncated_jpeg() -> bool:
+    """Whether this OpenCV decodes a JPEG cut short (filling the rest with gray) instead of refusing it."""
+    tile = (np.arange(32 * 32 * 3, dtype=np.uint32) * 2654435761 % 251).astype(np.uint8).reshape(32, 32, 3)
+    whole = cv2.imencode(".jpg", tile)[1].tobytes()
+    return cv2.imdecode(np.frombuffer(whole[: len(whole) // 2], np.uint8), cv2.IMREAD_UNCHANGED) is not None
+
+
+def _decode_with_pil(data: bytes) -> tuple[np.ndarray | None, str]:
+    """Formats OpenCV's build lacks, JPEGs where OpenCV pads truncated ones, and the reason OpenCV refused a
+    file: (BGR(A) or gray array, "") or (None, "truncated" | "undecodable")."""
     import io
 
     from PIL import Image
@@ -48,11 +60,26 @@ def _decode_with_pil(data: bytes) -> np.ndarray | None:
             if im.mode in ("P", "PA", "LA", "RGBA", "CMYK", "YCbCr", "1"):
                 im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
             array = np.asarray(im)
-    except Exception:  # noqa: BLE001 — any decoder error means "undecodable"
-        return None
+    except Exception as err:  # noqa: BLE001 — any decoder error means the file cannot be used
+        # PIL names a premature end "image file is truncated" (it never pads unless told to).
+        return None, "truncated" if "truncated" in str(err).lower() else "undecodable"
     if array.ndim == 3 and array.shape[2] in (3, 4):
         array = array[..., [2, 1, 0, 3][: array.shape[2]]]  # to OpenCV's BGR(A) order
-    return np.ascontiguousarray(array)
+    return np.ascontiguousarray(array), ""
+
+
+def decode(data: bytes) -> tuple[np.ndarray | None, str]:
+    """Image file bytes → (array as OpenCV reads it: BGR(A) or gray, ""), or (None, why): "truncated" when the
+    data ends before the image does, else "undecodable". Data after the image's end (a motion photo's video)
+    is ignored."""
+    if not (_is_jpeg(data) and opencv_pads_truncated_jpeg()):
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if array is not None and array.size:
+            return array, ""
+    array, reason = _decode_with_pil(data)
+    if array is None or array.size == 0:
+        return None, reason or "undecodable"
+    return array, ""
 
 
 def _to_rgb(array: np.ndarray, keep_gray: bool = False) -> np.ndarray:
@@ -101,13 +128,9 @@ def read_image(path: str, min_size: int = 1, keep_gray: bool = False) -> np.ndar
         raise SkipImage(path, f"unreadable ({err.strerror})") from None
     if not data:
         raise SkipImage(path, "empty")
-    if _looks_truncated(data):
-        raise SkipImage(path, "truncated")
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    array, reason = decode(data)
     if array is None:
-        array = _decode_with_pil(data)
-    if array is None or array.size == 0:
-        raise SkipImage(path, "undecodable")
+        raise SkipImage(path, reason)
     try:
         rgb = _to_rgb(array, keep_gray)
     except ValueError as err:

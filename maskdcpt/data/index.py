@@ -13,16 +13,23 @@ aligned to 64 bytes.
 A *source* is one scanned root: a tree of clean images (``kind="clean"``) or a pair tree with
 an LQ and a GT folder (``kind="paired"``). Entries are grouped by source and sorted by path,
 so a source is a contiguous row range and ``index.source_view(s)`` is a zero-copy slice.
+
+What a scan could not follow (symlink loops, dangling links, unreadable folders) is left out, named
+and counted: ``index.skipped`` lists (path, reason), and the header keeps the list.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from ..errors import DataError, MissingFileError
 
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm"}
@@ -56,23 +63,56 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def scan_images(root: str | Path) -> tuple[list[str], list[int]]:
-    """Relative paths (``/``-separated, sorted) and byte sizes of every image under ``root``."""
+def _link_problem(err: OSError) -> str:
+    if isinstance(err, FileNotFoundError):
+        return "dangling symlink (its target does not exist)"
+    if err.errno == errno.ELOOP:
+        return "symlink loop (the link resolves to itself)"
+    return f"unreadable symlink ({err.strerror})"
+
+
+def scan_images(root: str | Path, skipped: list[tuple[str, str]] | None = None) -> tuple[list[str], list[int]]:
+    """Relative paths (``/``-separated, sorted) and byte sizes of every image under ``root``.
+
+    Symlinks are followed, each folder once: a link back into a folder being scanned (a loop) or to a
+    folder already scanned (a second path to it) is not entered again. Those, links that do not resolve
+    (dangling, loops of file links) and folders that cannot be read are appended to ``skipped`` as
+    (path, reason) and the scan goes on.
+    """
     root = str(root)
     if not os.path.isdir(root):
-        raise ValueError(f"corpus root {root!r} is not a directory")
+        raise DataError(f"corpus root {root!r} is not a directory")
+    skip = skipped.append if skipped is not None else (lambda item: None)
+    top = os.stat(root)
+    seen = {(top.st_dev, top.st_ino): root}  # folder identity → the path it was first scanned at
     paths: list[str] = []
     sizes: list[int] = []
     stack = [("", root)]
     while stack:  # iterative scandir: no os.walk list building, no relpath per file
         prefix, folder = stack.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=True):
-                    stack.append((prefix + entry.name + "/", entry.path))
-                elif _is_image(entry.name):
-                    paths.append(prefix + entry.name)
-                    sizes.append(entry.stat().st_size)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)  # which of two paths to a folder is kept: the same each time
+        except OSError as err:
+            skip((folder, f"unreadable folder ({err.strerror})"))
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=True)
+            except OSError as err:
+                skip((entry.path, _link_problem(err) if entry.is_symlink() else f"unreadable ({err.strerror})"))
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                first = seen.setdefault((info.st_dev, info.st_ino), entry.path)
+                if first != entry.path:
+                    inside = entry.path.startswith(first.rstrip(os.sep) + os.sep)
+                    skip((entry.path, f"symlink loop back to {first}" if inside
+                          else f"second path to {first}, which is indexed once"))
+                    continue
+                stack.append((prefix + entry.name + "/", entry.path))
+            elif _is_image(entry.name):
+                paths.append(prefix + entry.name)
+                sizes.append(info.st_size)
     order = sorted(range(len(paths)), key=paths.__getitem__)
     return [paths[i] for i in order], [sizes[i] for i in order]
 
@@ -92,12 +132,14 @@ def _stem(path: str) -> str:
     return os.path.splitext(path)[0]
 
 
-def match_pairs(root: str, lq_dir: str, gt_dir: str, meta: str | None = None) -> tuple[list[str], list[str], list[int]]:
+def match_pairs(root: str, lq_dir: str, gt_dir: str, meta: str | None = None,
+                skipped: list[tuple[str, str]] | None = None) -> tuple[list[str], list[str], list[int]]:
     """Pair LQ and GT files: by a meta file, or by equal relative path up to the extension.
 
     Meta file: one pair per line, either ``name`` (the same relative path in both folders) or
     ``lq_path gt_path`` (whitespace- or comma-separated, relative to the LQ / GT folder);
-    ``#`` starts a comment. Returns (lq paths, gt paths, gt sizes), relative to ``root``.
+    ``#`` starts a comment. Returns (lq paths, gt paths, gt sizes), relative to ``root``; what a scan skips is
+    appended to ``skipped`` (see :func:`scan_images`).
     """
     lq_root, gt_root = os.path.join(root, lq_dir), os.path.join(root, gt_dir)
     if meta:
@@ -108,23 +150,23 @@ def match_pairs(root: str, lq_dir: str, gt_dir: str, meta: str | None = None) ->
                 if not line:
                     continue
                 if len(line) > 2:
-                    raise ValueError(f"meta file {meta!r} line {number}: expected 'name' or 'lq gt', got {line}")
+                    raise DataError(f"meta file {meta!r} line {number}: expected 'name' or 'lq gt', got {line}")
                 lq_rel.append(line[0])
                 gt_rel.append(line[-1])
         sizes = []
         for lq, gt in zip(lq_rel, gt_rel):
             for folder, rel in ((lq_root, lq), (gt_root, gt)):
                 if not os.path.isfile(os.path.join(folder, rel)):
-                    raise ValueError(f"meta file {meta!r}: {os.path.join(folder, rel)!r} does not exist")
+                    raise DataError(f"meta file {meta!r}: {os.path.join(folder, rel)!r} does not exist")
             sizes.append(os.path.getsize(os.path.join(gt_root, gt)))
     else:
-        lq_all, _ = scan_images(lq_root)
-        gt_all, gt_sizes = scan_images(gt_root)
+        lq_all, _ = scan_images(lq_root, skipped)
+        gt_all, gt_sizes = scan_images(gt_root, skipped)
         lq_by_stem = {_stem(p): p for p in lq_all}
         missing = [p for p in gt_all if _stem(p) not in lq_by_stem]
         extra = sorted(set(lq_by_stem) - {_stem(p) for p in gt_all})
         if missing or extra:
-            raise ValueError(
+            raise DataError(
                 f"pair tree {root!r}: {len(missing)} GT file(s) without LQ (e.g. {missing[:3]}) and "
                 f"{len(extra)} LQ file(s) without GT (e.g. {extra[:3]}); names must match up to the extension "
                 "or a meta file must list the pairs"
@@ -154,13 +196,15 @@ class CorpusIndex:
 
     Columns (all NumPy, memory-mapped when loaded from a file): ``sizes`` (bytes of the GT /
     clean file), ``source`` (int16 source id), ``type_id`` (int16, -1 for clean images).
-    ``path(i)`` / ``lq_path(i)`` give absolute paths; ``relpath(i)`` the stored one.
+    ``path(i)`` / ``lq_path(i)`` give absolute paths; ``relpath(i)`` the stored one. ``skipped``: (path, reason)
+    of what the scan left out (symlink loops, dangling links, unreadable folders).
     """
 
     def __init__(self, sources: list[SourceInfo], arrays: dict[str, np.ndarray], file: str | None = None,
-                 rows: tuple[int, int] | None = None):
+                 rows: tuple[int, int] | None = None, skipped: Sequence[tuple[str, str]] = ()):
         self.sources = sources
         self.file = file
+        self.skipped = [tuple(item) for item in skipped]
         self._arrays = arrays
         self._rows = rows or (0, len(arrays["sizes"]))
         lo, hi = self._rows
@@ -187,6 +231,7 @@ class CorpusIndex:
         if not (len(type_ids) == len(metas) == len(names) == n):
             raise ValueError(f"build: {n} roots but {len(type_ids)} type ids / {len(metas)} meta files / {len(names)} names")
         sources: list[SourceInfo] = []
+        skipped: list[tuple[str, str]] = []
         gt_paths: list[str] = []
         lq_paths: list[str] = []
         sizes: list[int] = []
@@ -195,21 +240,21 @@ class CorpusIndex:
         for s, (root, tid, meta, name) in enumerate(zip(roots, type_ids, metas, names)):
             root = os.path.abspath(str(root))
             if not os.path.isdir(root):
-                raise ValueError(f"corpus root {root!r} is not a directory")
+                raise DataError(f"corpus root {root!r} is not a directory")
             pair_dirs = find_pair_dirs(root)
             if pair_dirs is None and meta:
-                raise ValueError(f"meta file {meta!r} given for {root!r}, which has no LQ/GT folders")
+                raise DataError(f"meta file {meta!r} given for {root!r}, which has no LQ/GT folders")
             start = len(gt_paths)
             if pair_dirs is not None:
                 any_paired = True
-                lq, gt, sz = match_pairs(root, *pair_dirs, meta=meta)
+                lq, gt, sz = match_pairs(root, *pair_dirs, meta=meta, skipped=skipped)
                 info = SourceInfo(name, root, "paired", int(tid), start, start + len(gt), *pair_dirs)
             else:
-                gt, sz = scan_images(root)
+                gt, sz = scan_images(root, skipped)
                 lq = [""] * len(gt)
                 info = SourceInfo(name, root, "clean", int(tid), start, start + len(gt))
             if not gt:
-                raise ValueError(f"corpus root {root!r} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                raise DataError(f"corpus root {root!r} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             gt_paths += gt
             lq_paths += lq
             sizes += sz
@@ -224,7 +269,7 @@ class CorpusIndex:
             "sizes": np.asarray(sizes, np.int64),
             "source": np.concatenate(source_col), "type_id": np.concatenate(type_col),
         }
-        return cls(sources, arrays)
+        return cls(sources, arrays, skipped=skipped)
 
     @classmethod
     def from_files(cls, root: str | Path, relpaths: Sequence[str], name: str = "") -> "CorpusIndex":
@@ -232,12 +277,12 @@ class CorpusIndex:
         root = os.path.abspath(str(root))
         relpaths = sorted(str(p).replace(os.sep, "/") for p in relpaths)
         if not relpaths:
-            raise ValueError(f"from_files: no files given under {root!r}")
+            raise DataError(f"from_files: no files given under {root!r}")
         sizes = []
         for rel in relpaths:
             full = os.path.join(root, rel)
             if not os.path.isfile(full):
-                raise ValueError(f"from_files: {full!r} does not exist")
+                raise DataError(f"from_files: {full!r} does not exist")
             sizes.append(os.path.getsize(full))
         blob, offsets = _pack(relpaths)
         lq_blob, lq_offsets = _pack([])
@@ -252,7 +297,7 @@ class CorpusIndex:
         """Write the index (whole, not a view) to ``file`` in the format described above."""
         if self._rows != (0, len(self._arrays["sizes"])):
             raise ValueError("save: cannot save a source view; save the full index")
-        header = {"sources": [asdict(s) for s in self.sources], "arrays": {}}
+        header = {"sources": [asdict(s) for s in self.sources], "arrays": {}, "skipped": [list(s) for s in self.skipped]}
         offset = 0
         for name in _COLUMNS:
             a = np.ascontiguousarray(self._arrays[name])
@@ -274,12 +319,17 @@ class CorpusIndex:
     def load(cls, file: str | Path) -> "CorpusIndex":
         """Memory-map an index file; nothing is read into RAM until it is touched."""
         file = os.path.abspath(str(file))
+        if not os.path.isfile(file):
+            raise MissingFileError(f"corpus index {file!r} does not exist; build it with tools/index_corpus.py")
         with open(file, "rb") as f:
             magic = f.read(8)
             if magic != MAGIC:
-                raise ValueError(f"{file!r} is not a corpus index (magic {magic!r})")
+                raise DataError(f"{file!r} is not a corpus index (magic {magic!r})")
             head_len = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(head_len))
+            try:
+                header = json.loads(f.read(head_len))
+            except ValueError:
+                raise DataError(f"corpus index {file!r} is damaged (unreadable header); build it again") from None
         data_start = -(-(16 + head_len) // _ALIGN) * _ALIGN
         arrays = {}
         for name in _COLUMNS:
@@ -290,7 +340,7 @@ class CorpusIndex:
             else:
                 arrays[name] = np.memmap(file, dtype=np.dtype(spec["dtype"]), mode="r",
                                          offset=data_start + spec["offset"], shape=shape)
-        return cls([SourceInfo(**s) for s in header["sources"]], arrays, file=file)
+        return cls([SourceInfo(**s) for s in header["sources"]], arrays, file=file, skipped=header.get("skipped", ()))
 
     def __reduce__(self):
         # A file-backed index travels to DataLoader workers as its file name and row range;

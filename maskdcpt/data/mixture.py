@@ -1,6 +1,7 @@
 """A mixture of sources built from a :class:`DataConfig`, with class-balanced paired weights."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -8,12 +9,15 @@ from torch.utils.data import Dataset
 
 from degradations import TYPE_NAMES, DegradationEngine
 
+from ..errors import ConfigError, DataError, MissingFileError
 from .config import DataConfig, SourceConfig
 from .default import default_index
 from .index import CorpusIndex
 from .paired import PairedSource
 from .source import CroppingSource
 from .synthetic import SyntheticSource
+
+log = logging.getLogger(__name__)
 
 
 class MixtureDataset(Dataset):
@@ -56,11 +60,11 @@ def type_id_of(value: str | int | None, names: Sequence[str] = TYPE_NAMES) -> in
         return None
     if isinstance(value, str) and not value.lstrip("-").isdigit():
         if value not in names:
-            raise ValueError(f"unknown degradation type {value!r}; valid: {', '.join(names)}")
+            raise ConfigError(f"unknown degradation type {value!r}; valid: {', '.join(names)}")
         return list(names).index(value)
     tid = int(value)
     if not 0 <= tid < len(names):
-        raise ValueError(f"degradation type id {tid} out of range 0..{len(names) - 1}")
+        raise ConfigError(f"degradation type id {tid} out of range 0..{len(names) - 1}")
     return tid
 
 
@@ -84,17 +88,23 @@ def class_balanced_weights(type_ids: Sequence[int], weights: Sequence[float]) ->
 
 def _indices_of(src: SourceConfig, position: int) -> list[tuple[CorpusIndex, str]]:
     """(index view, name) per indexed source of one configured source."""
-    if src.index:
-        full = CorpusIndex.load(src.index)
-    else:
-        meta = [src.meta or None]
-        full = CorpusIndex.build([src.root], metas=meta, names=[src.name] if src.name else None)
+    try:
+        if src.index:
+            full = CorpusIndex.load(src.index)
+        else:
+            meta = [src.meta or None]
+            full = CorpusIndex.build([src.root], metas=meta, names=[src.name] if src.name else None)
+    except (DataError, MissingFileError) as err:
+        raise type(err)(f"data.sources[{position}]: {err}") from None
+    if full.skipped and not src.index:  # an index tool printed its own when it was built
+        log.warning("data.sources[%d]: skipped %d path(s) while scanning %s: %s", position, len(full.skipped), src.root,
+                    ", ".join(f"{p} ({why})" for p, why in full.skipped))
     views = []
     for sid, info in enumerate(full.sources):
         if len(info):
             views.append((full.source_view(sid), src.name or info.name or f"source{position}.{sid}"))
     if not views:
-        raise ValueError(f"data.sources[{position}]: no images in {src.index or src.root!r}")
+        raise DataError(f"data.sources[{position}]: no images in {src.index or src.root!r}")
     return views
 
 

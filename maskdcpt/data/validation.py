@@ -24,6 +24,8 @@ import torch
 from degradations import DegradationEngine, EngineConfig
 from degradations.rng import make_rng
 
+from ..config import check_ranges, ranged
+from ..errors import ConfigError, DataError, MissingFileError
 from .augment import draw_geometry
 from .decode import SkipImage, read_image, to_float
 from .default import held_out_paths
@@ -41,13 +43,11 @@ class ValTask:
 
     type: str
     name: str = ""
-    level: float | None = None
+    level: float | None = ranged(None, ge=0, le=1)
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.name = self.name or self.type
-        if self.level is not None and not 0.0 <= self.level <= 1.0:
-            raise ValueError(f"val task {self.name!r}: level must lie in [0, 1], got {self.level}")
 
 
 @dataclass
@@ -80,34 +80,29 @@ class ValConfig:
                       ``top1``, fine-tuning ``psnr``), "none" = keep no best weights.
     """
 
-    every: int = 100
+    every: int = ranged(100, ge=0)
     photos: str = ""
     tasks: list[ValTask] = field(default_factory=list)
     paired: list[PairedValTask] = field(default_factory=list)
-    samples_per_task: int = 24
-    crop_size: int = 0
-    level_range: tuple[float, float] = (0.2, 1.0)
-    seed: int = 0
-    batch_size: int = 16
+    samples_per_task: int = ranged(24, ge=1)
+    crop_size: int = ranged(0, ge=0)
+    level_range: tuple[float, float] = ranged((0.2, 1.0), ge=0, le=1)
+    seed: int = ranged(0, ge=0)
+    batch_size: int = ranged(16, ge=1)
     best: str = ""
 
     def __post_init__(self) -> None:
-        if self.every < 0:
-            raise ValueError(f"val.every must be >= 0 (0 = off), got {self.every}")
-        if self.samples_per_task < 1:
-            raise ValueError(f"val.samples_per_task must be >= 1, got {self.samples_per_task}")
-        if self.crop_size != 0 and self.crop_size < 32:
-            raise ValueError(f"val.crop_size must be 0 (= data.crop_size) or >= 32, got {self.crop_size}")
-        if self.batch_size < 1:
-            raise ValueError(f"val.batch_size must be >= 1, got {self.batch_size}")
+        check_ranges(self, "val")
+        if 0 < self.crop_size < 32:
+            raise ConfigError(f"val.crop_size must be 0 (= data.crop_size) or >= 32, got {self.crop_size}")
         lo, hi = (float(v) for v in self.level_range)
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"val.level_range must satisfy 0 <= lo <= hi <= 1, got {list(self.level_range)}")
+        if lo > hi:
+            raise ConfigError(f"val.level_range must satisfy lo <= hi, got {list(self.level_range)}")
         self.level_range = (lo, hi)
         names = [t.name for t in self.tasks] + [t.name for t in self.paired]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"val: task names must be unique, repeated: {duplicates}")
+            raise ConfigError(f"val: task names must be unique, repeated: {duplicates}")
 
     @property
     def enabled(self) -> bool:
@@ -169,7 +164,7 @@ def _chw(image: np.ndarray) -> torch.Tensor:
 def _clean_images(folder: str) -> list[tuple[str, np.ndarray]]:
     if folder:
         if not os.path.isdir(folder):
-            raise ValueError(f"val.photos: {folder!r} is not a folder of clean images")
+            raise MissingFileError(f"val.photos: {folder!r} is not a folder of clean images")
         paths = sorted(os.path.join(folder, n) for n in os.listdir(folder)
                        if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS)
     else:
@@ -181,7 +176,7 @@ def _clean_images(folder: str) -> list[tuple[str, np.ndarray]]:
         except SkipImage as skip:  # a broken file must not end the run; it is named and left out
             print(f"validation: skipping {skip.path}: {skip.reason}", flush=True)
     if not images:
-        raise ValueError(f"val.photos: no readable image in {folder or 'the embedded held-out photos'}")
+        raise DataError(f"val.photos: no readable image in {folder or 'the embedded held-out photos'}")
     return images
 
 
@@ -192,7 +187,7 @@ def build_synthetic(cfg: ValConfig, tasks: list[ValTask], engine_cfg: EngineConf
     size = cfg.crop_size or crop_size
     small = [p for p, im in images if min(im.shape[:2]) < size]
     if small:
-        raise ValueError(f"val: held-out images smaller than the {size}px crop: {small}; lower val.crop_size")
+        raise DataError(f"val: held-out images smaller than the {size}px crop: {small}; lower val.crop_size")
     crops = []
     for j in range(cfg.samples_per_task):
         path, image = images[j % len(images)]
@@ -222,7 +217,7 @@ def build_paired(cfg: ValConfig) -> ValidationSet:
         lq_rel, gt_rel = os.path.relpath(task.lq, root), os.path.relpath(task.gt, root)
         lq_paths, gt_paths, _ = match_pairs(root, lq_rel, gt_rel)
         if not lq_paths:
-            raise ValueError(f"val.paired {task.name!r}: no matching LQ/GT files in {task.lq!r} and {task.gt!r}")
+            raise DataError(f"val.paired {task.name!r}: no matching LQ/GT files in {task.lq!r} and {task.gt!r}")
         for lq_path, gt_path in zip(lq_paths, gt_paths):
             try:
                 lq = read_image(os.path.join(root, lq_path))

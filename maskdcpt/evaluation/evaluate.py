@@ -32,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import load_config
+from ..config import load_config, ranged
+from ..errors import DataError, MissingFileError
 from .metrics import psnr, ssim
 from .restore import list_images, read_rgb, restore_image, with_prior, write_rgb
 
@@ -59,11 +60,11 @@ class TaskData:
 class EvalConfig:
     """How metrics are computed (BasicSR semantics, see :mod:`maskdcpt.evaluation.metrics`) and what runs."""
 
-    crop_border: int = 0
+    crop_border: int = ranged(0, ge=0)
     y_channel: bool = False
     data_range: Literal["float", "uint8"] = "float"
-    tile: int | None = None  # restore in overlapping tiles of this size (memory bound), None = whole image
-    overlap: int = 32
+    tile: int | None = ranged(None, ge=1)  # restore in overlapping tiles of this size (memory bound), None = whole image
+    overlap: int = ranged(32, ge=0)
     compute_niqe: bool = True
     lpips_weights: str | None = None  # None: $MASKDCPT_LPIPS_WEIGHTS; LPIPS is skipped without a weights file
     save_images: bool = False  # write the restored images under <out>/images/<task>/
@@ -104,7 +105,7 @@ def load_tasks(data: str | os.PathLike) -> list[TaskData]:
     if data.is_file() and data.suffix.lower() in (".yml", ".yaml"):
         return _tasks_from_yaml(data)
     if not data.is_dir():
-        raise FileNotFoundError(f"evaluation data {data} is neither a folder nor a .yml/.yaml task list")
+        raise MissingFileError(f"evaluation data {data} is neither a folder nor a .yml/.yaml task list")
     lq, gt = _find_sub(data, _LQ_NAMES), _find_sub(data, _GT_NAMES)
     if lq and gt:
         return [TaskData(data.name, lq, gt)]
@@ -114,7 +115,7 @@ def load_tasks(data: str | os.PathLike) -> list[TaskData]:
         if lq and gt:
             tasks.append(TaskData(sub.name, lq, gt))
     if not tasks:
-        raise ValueError(f"{data}: no LQ/ and GT/ subfolders, neither here nor in its subfolders")
+        raise DataError(f"{data}: no LQ/ and GT/ subfolders, neither here nor in its subfolders")
     return tasks
 
 
@@ -151,7 +152,7 @@ def _tasks_from_yaml(path: Path) -> list[TaskData]:
             folder = Path(getattr(entry, key)).expanduser()
             folder = folder if folder.is_absolute() else path.parent / folder
             if not folder.is_dir():
-                raise ValueError(f"tasks[{i}].{key}: {key} folder {folder} of task {entry.name!r} does not exist "
+                raise DataError(f"tasks[{i}].{key}: {key} folder {folder} of task {entry.name!r} does not exist "
                                  f"(in {path})")
             folders.append(folder)
         tasks.append(TaskData(entry.name, *folders))
@@ -167,7 +168,7 @@ def pair_images(task: TaskData) -> list[tuple[Path, Path]]:
     """(LQ, GT) file pairs of a task, sorted by LQ name; every LQ must have a GT (module docstring)."""
     lqs, gts = list_images(task.lq, task.recursive), list_images(task.gt, task.recursive)
     if not lqs:
-        raise ValueError(f"task {task.name}: no images in {task.lq}")
+        raise DataError(f"task {task.name}: no images in {task.lq}")
     if task.synthesize is not None:
         return [(p, p) for p in gts]
 
@@ -191,7 +192,7 @@ def pair_images(task: TaskData) -> list[tuple[Path, Path]]:
         else:
             pairs.append((lq, gt))
     if unmatched:
-        raise ValueError(f"task {task.name}: no ground truth in {task.gt} for {len(unmatched)} LQ images: "
+        raise DataError(f"task {task.name}: no ground truth in {task.gt} for {len(unmatched)} LQ images: "
                          f"{', '.join(unmatched[:10])}")
     return pairs
 
@@ -243,7 +244,7 @@ def evaluate(model: nn.Module, data: str | os.PathLike | list[TaskData], out_dir
             gt, bits = read_rgb(gt_path)
             lq = task.synthesize(gt) if task.synthesize is not None else read_rgb(lq_path)[0]
             if lq.shape != gt.shape:
-                raise ValueError(f"task {task.name}: {lq_path} is {tuple(lq.shape[1:])} but its GT {gt_path} is "
+                raise DataError(f"task {task.name}: {lq_path} is {tuple(lq.shape[1:])} but its GT {gt_path} is "
                                  f"{tuple(gt.shape[1:])}")
             model_input = with_prior(model, lq, lq_path, config.prior)
             out = restore_image(model, model_input, tile=config.tile, overlap=config.overlap, device=device)

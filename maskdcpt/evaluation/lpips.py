@@ -30,6 +30,8 @@ from typing import Mapping
 import torch
 import torch.nn as nn
 
+from ..errors import CheckpointError
+
 ENV_VAR = "MASKDCPT_LPIPS_WEIGHTS"
 
 # (end index of each slice in torchvision's `features`, channels of each tapped layer)
@@ -124,7 +126,7 @@ def _to_model_keys(state: Mapping[str, torch.Tensor], path: Path) -> dict[str, t
         elif m := re.fullmatch(r"lins\.(\d)\.weight|lin(\d)(?:\.model\.1)?\.weight", key):
             out[f"lins.{m[1] or m[2]}.weight"] = value
     if "features.0.weight" not in out:
-        raise ValueError(f"{path}: no LPIPS backbone weights (features.0.weight or net.slice1.0.weight) in the file")
+        raise CheckpointError(f"{path}: no LPIPS backbone weights (features.0.weight or net.slice1.0.weight) in the file")
     return out
 
 
@@ -133,19 +135,19 @@ def load_lpips(path: str | os.PathLike | None = None, device: str | torch.device
     not hold a complete LPIPS (backbone + five linear layers)."""
     reason = unavailable_reason(path)
     if reason is not None:
-        raise ValueError(f"LPIPS unavailable: {reason}")
+        raise CheckpointError(f"LPIPS unavailable: {reason}")
     file = weights_path(path)
     state = _to_model_keys(_read_tensors(file), file)
     kernel = state["features.0.weight"].shape[-1]
     net = {11: "alex", 3: "vgg"}.get(kernel)
     if net is None:
-        raise ValueError(f"{file}: first convolution has a {kernel}x{kernel} kernel; expected AlexNet (11) or VGG (3)")
+        raise CheckpointError(f"{file}: first convolution has a {kernel}x{kernel} kernel; expected AlexNet (11) or VGG (3)")
     model = LPIPS(net)
     own = model.state_dict()
     missing = sorted(k for k in own if k not in state)
     wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
     if missing or wrong:
-        raise ValueError(f"{file}: incomplete LPIPS-{net} weights; missing {missing[:8]}, wrong shape {wrong[:8]}")
+        raise CheckpointError(f"{file}: incomplete LPIPS-{net} weights; missing {missing[:8]}, wrong shape {wrong[:8]}")
     model.load_state_dict({k: state[k] for k in own})
     return model.to(device)
 

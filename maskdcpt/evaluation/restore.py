@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ConfigError, DataError, MissingFileError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -98,15 +100,15 @@ def restore_image(model: nn.Module, img: torch.Tensor, tile: int | None = None, 
 def _restore_tiled(model: nn.Module, x: torch.Tensor, tile: int, overlap: int, stride: int,
                    device: torch.device) -> torch.Tensor:
     if overlap < 0:
-        raise ValueError(f"overlap must be >= 0, got {overlap}")
+        raise ConfigError(f"overlap must be >= 0, got {overlap}")
     tile = (tile // stride) * stride
     if tile < max(stride, 2 * overlap):
-        raise ValueError(f"tile must be at least max(stride={stride}, 2*overlap={2 * overlap}) after rounding "
+        raise ConfigError(f"tile must be at least max(stride={stride}, 2*overlap={2 * overlap}) after rounding "
                          f"to the stride, got {tile}")
     # steps are multiples of the stride so windowed models see the same window grid as untiled
     step = ((tile - overlap) // stride) * stride
     if step == 0:
-        raise ValueError(f"tile {tile} minus overlap {overlap} must leave at least one stride ({stride}) of step")
+        raise ConfigError(f"tile {tile} minus overlap {overlap} must leave at least one stride ({stride}) of step")
     b, _, hp, wp = x.shape
     out = torch.zeros(b, 3, hp, wp, dtype=torch.float32, device=x.device)
     weight = torch.zeros(1, 1, hp, wp, dtype=torch.float32, device=x.device)
@@ -132,7 +134,7 @@ def read_rgb(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     try:
         array = read_image(str(path))
     except SkipImage as err:
-        raise ValueError(f"cannot read image {path}: {err.reason}") from None
+        raise DataError(f"cannot read image {path}: {err.reason}") from None
     bits = 16 if array.dtype == np.uint16 else 8
     return torch.from_numpy(to_float(array)).permute(2, 0, 1).contiguous(), bits
 
@@ -145,16 +147,23 @@ def write_rgb(path: str | os.PathLike, img: torch.Tensor, bits: int = 8) -> None
     peak = 65535.0 if bits == 16 else 255.0
     array = (img.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * peak).round()
     array = array.astype(np.uint16 if bits == 16 else np.uint8)
+    try:
+        ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(array, cv2.COLOR_RGB2BGR))
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise DataError(f"cannot write image {path}: OpenCV has no encoder for {path.suffix!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(array, cv2.COLOR_RGB2BGR)):
-        raise ValueError(f"cannot write image {path} (unsupported extension?)")
+    # written by Python, not by cv2.imwrite: a read-only folder or a full disk then says so (an OSError
+    # naming the path) instead of a bare False
+    path.write_bytes(encoded.tobytes())
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
     """Image files directly in ``folder`` (or anywhere below it with ``recursive``), sorted by path."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
+        raise MissingFileError(f"image folder {folder} does not exist")
     found = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
@@ -164,23 +173,26 @@ def with_prior(model: nn.Module, lq: torch.Tensor, lq_path: str | os.PathLike, p
     if not getattr(model, "prior_channels", 0):
         return lq
     if prior is None:
-        raise ValueError("this restorer takes a generative prior as extra input: give the prior folder (--prior DIR)")
+        raise DataError("this restorer takes a generative prior as extra input: give the prior folder (--prior DIR)")
     from maskdcpt.data.paired import find_prior
 
     image, _ = read_rgb(find_prior(prior, lq_path))
     if image.shape != lq.shape:
-        raise ValueError(f"prior of {lq_path} is {tuple(image.shape[1:])}, the image {tuple(lq.shape[1:])}")
+        raise DataError(f"prior of {lq_path} is {tuple(image.shape[1:])}, the image {tuple(lq.shape[1:])}")
     return torch.cat([lq, image], dim=0)
 
 
 def restore_path(model: nn.Module, input: str | os.PathLike, output: str | os.PathLike, tile: int | None = None,
                  overlap: int = 32, device: str | torch.device | None = None, progress: bool = True,
-                 prior: str | os.PathLike | None = None) -> list[Path]:
+                 prior: str | os.PathLike | None = None, skipped: list[tuple[Path, str]] | None = None) -> list[Path]:
     """Restore an image file or every image of a folder; returns the written paths. ``prior``: the
     folder of generative restorations (matched by name) for a prior-conditioned model.
 
     A folder (or an image to a path without an image suffix) writes ``output/<same name>``; an image to an image
     path writes that path. 16-bit PNG/TIFF inputs give 16-bit outputs, others 8-bit.
+
+    ``skipped``: given a list, an input that cannot be read (or lacks its prior) is appended to it as
+    (path, reason) and the others are still restored; without one, the first such input raises.
     """
     from tqdm import tqdm
 
@@ -188,17 +200,29 @@ def restore_path(model: nn.Module, input: str | os.PathLike, output: str | os.Pa
     if input.is_dir():
         sources = list_images(input)
         if not sources:
-            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {input}")
+            raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {input}")
         targets = [output / p.name for p in sources]
     elif input.is_file():
         sources = [input]
         targets = [output if output.suffix.lower() in IMAGE_SUFFIXES else output / input.name]
     else:
-        raise FileNotFoundError(f"input {input} does not exist")
+        raise MissingFileError(f"input {input} does not exist")
+    folder = targets[0].parent
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"output {folder} is an existing file; give a folder (or an image path for one input image)")
+    folder.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made fails now, before any work
+    if getattr(model, "prior_channels", 0) and prior is None:
+        raise DataError("this restorer takes a generative prior as extra input: give the prior folder (--prior DIR)")
     written: list[Path] = []
     for source, target in tqdm(list(zip(sources, targets)), desc="restore", unit="img", disable=not progress):
-        img, bits = read_rgb(source)
-        img = with_prior(model, img, source, prior)
+        try:
+            img, bits = read_rgb(source)
+            img = with_prior(model, img, source, prior)
+        except DataError as err:
+            if skipped is None:
+                raise
+            skipped.append((source, str(err)))
+            continue
         write_rgb(target, restore_image(model, img, tile=tile, overlap=overlap, device=device), bits)
         written.append(target)
     return written

@@ -23,9 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskdcpt.config import load_config
+from maskdcpt.cli import parse_args, tool_main
+from maskdcpt.config import load_config, ranged
 from maskdcpt.models.checkpoint import save_weights
-from maskdcpt.training.distributed import DistInfo, cleanup_distributed, init_distributed
+from maskdcpt.training.distributed import DistInfo, cleanup_distributed, configure_threads, init_distributed
 from maskdcpt.training.optim import OptimConfig, ParamGroup
 from maskdcpt.training.trainer import StepOutput, Task, TrainConfig, Trainer, resolve_device
 
@@ -46,9 +47,9 @@ class CheckTrainConfig(TrainConfig):
     image_every: int = 0
     checkpoint_every: int = 5
     progress: bool = False
-    features: int = 8
+    features: int = ranged(8, ge=1)
     # Pause after every step: gives tests and operators time to preempt a running job.
-    step_sleep_s: float = 0.0
+    step_sleep_s: float = ranged(0.0, ge=0)
 
 
 def _constant_lr() -> OptimConfig:
@@ -114,7 +115,11 @@ class RegressionTask(Task):
             time.sleep(self.cfg.step_sleep_s)
 
     def export(self, run_dir: Path) -> None:
-        save_weights(self.model, run_dir / "weights.safetensors")
+        save_weights(self.model, run_dir / "weights.safetensors", self.weights_metadata())
+
+    def weights_metadata(self) -> dict[str, Any]:
+        # one key: safetensors orders metadata as a hash map does, and the check compares the files' bytes
+        return {"format": "maskdcpt-cluster-check"}
 
 
 def run_cluster_check(cfg: ClusterCheckConfig, resume: bool | str = "auto") -> dict:
@@ -124,6 +129,7 @@ def run_cluster_check(cfg: ClusterCheckConfig, resume: bool | str = "auto") -> d
     folder = run_dir(cfg)
     dist = init_distributed(resolve_device(tc.device).type)
     try:
+        configure_threads(tc.threads)
         torch.manual_seed(tc.seed)  # initialisation (DDP broadcasts rank 0's anyway)
         task = RegressionTask(tc)
         trainer = Trainer(task, tc, cfg.optim, folder, lambda start: _Batches(tc, dist, start), dist)
@@ -142,6 +148,7 @@ def run_cluster_check(cfg: ClusterCheckConfig, resume: bool | str = "auto") -> d
         cleanup_distributed()
 
 
+@tool_main
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
@@ -151,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default=None, help="YAML config (optional)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     add_launcher_args(parser)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if launch("cluster_check", args.config, args.overrides, args) is None:  # --launcher none: run here
         print(json.dumps(run_cluster_check(load_cluster_check_config(args.config, args.overrides)), indent=2))
     return 0

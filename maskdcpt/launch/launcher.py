@@ -23,6 +23,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
+from maskdcpt.errors import ConfigError
 from maskdcpt.launch.submitit_job import ToolJob, TrainingJob
 from maskdcpt.launch.targets import Target, resolve_target
 
@@ -53,16 +54,16 @@ class LaunchOptions:
 
     def __post_init__(self) -> None:
         if self.launcher not in LAUNCHERS:
-            raise ValueError(f"launcher {self.launcher!r} is not one of {list(LAUNCHERS)}")
+            raise ConfigError(f"launcher {self.launcher!r} is not one of {list(LAUNCHERS)}")
         for key in ("nodes", "cpus_per_task", "timeout_min"):
             if getattr(self, key) < 1:
-                raise ValueError(f"launcher option {key} must be >= 1, got {getattr(self, key)}")
+                raise ConfigError(f"launcher option {key} must be >= 1, got {getattr(self, key)}")
         if self.gpus_per_node < 0:
-            raise ValueError(f"launcher option gpus_per_node must be >= 0, got {self.gpus_per_node}")
+            raise ConfigError(f"launcher option gpus_per_node must be >= 0, got {self.gpus_per_node}")
         if self.tasks_per_node is not None and self.tasks_per_node < 1:
-            raise ValueError(f"launcher option tasks_per_node must be >= 1, got {self.tasks_per_node}")
+            raise ConfigError(f"launcher option tasks_per_node must be >= 1, got {self.tasks_per_node}")
         if self.launcher in ("local", "debug") and self.nodes != 1:
-            raise ValueError(f"the {self.launcher!r} launcher runs on one machine; got nodes={self.nodes}")
+            raise ConfigError(f"the {self.launcher!r} launcher runs on one machine; got nodes={self.nodes}")
 
     @property
     def resolved_tasks_per_node(self) -> int:
@@ -116,6 +117,9 @@ def executor_parameters(opts: LaunchOptions) -> dict[str, Any]:
         params["mem_gb"] = opts.mem_gb
     if opts.launcher == "slurm":
         params["slurm_signal_delay_s"] = opts.signal_delay_s
+        # srun's own default truncates the task logs when a requeued job starts again, which erases the
+        # first attempt's output (why it was preempted); sbatch's files are already appended to by submitit.
+        params["slurm_srun_args"] = ["--open-mode=append"]
         for key in ("partition", "account", "qos", "constraint"):
             if getattr(opts, key) is not None:
                 params[f"slurm_{key}"] = getattr(opts, key)

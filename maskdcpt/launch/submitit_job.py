@@ -34,8 +34,7 @@ class TrainingJob:
 
     def __call__(self) -> Any:
         export_distributed_environment()
-        # Ranks of one node share its cores; without this each torch process starts one thread per core.
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        # Threads: the training sizes them from the job's SLURM_CPUS_PER_TASK (training.distributed.configure_threads).
         target: Target = self.target  # type: ignore[assignment]
         cfg = target.config(self.config_path, self.overrides)
         run = target.function("run")
@@ -86,8 +85,10 @@ class ToolJob:
     def __call__(self) -> int:
         import runpy
 
+        from maskdcpt.training.distributed import configure_threads
+
         export_distributed_environment()
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        configure_threads()  # ranks of one node share its cores: each takes the CPUs SLURM gave its task
         main = runpy.run_path(self.script, run_name="maskdcpt_tool_job").get("main")
         if main is None:
             raise ValueError(f"tool {self.script!r} has no main(argv) function")

@@ -3,9 +3,10 @@ and the restorer file that rebuilds a model on its own.
 
 * ``atomic_write``: a temporary file in the same folder, then ``os.replace``: a process killed at any instant leaves
   the previous file or the new one, never half of one. Every file we write goes through it (the trainer's
-  ``.ckpt`` too, in ``maskdcpt/training/checkpoint.py``).
+  ``.ckpt`` too, in ``maskdcpt/training/checkpoint.py``). Files get the permissions the umask allows (as ``open``
+  gives), not the private 0600 of a temporary file; ``remove_stale_temporaries`` clears what a killed write left.
 * ``torch_load``: every ``.pth``/``.ckpt`` is read with ``torch.load(weights_only=True)``: a file whose pickle would
-  call anything but the tensor constructors is refused (ValueError naming the file) and nothing in it runs.
+  call anything but the tensor constructors is refused (CheckpointError naming the file) and nothing in it runs.
 * ``read_state_dict``: the one place that takes a checkpoint's wrappers off (BasicSR's ``params_ema`` / ``params``,
   a ``state_dict`` entry, DDP's ``module.``). Arch files' ``checkpoint_filter_fn`` only rename layouts.
 * ``load_pretrained``: compares the checkpoint to the model by name before anything is copied and reports every
@@ -15,11 +16,18 @@ and the restorer file that rebuilds a model on its own.
   whose metadata names how to rebuild the model::
 
       {"format": "maskdcpt-restorer", "model_name": "nafnet_5d", "model_kwargs": "{\\"width\\": 32}"}
+
+  Every weight file the project writes says what it is in ``format`` (``save_weights`` requires it): a restorer,
+  a pre-training encoder export (``maskdcpt-encoder``), the trainer's weights of a run (``maskdcpt-pretraining``:
+  backbone and classifier), … ``load_restorer`` refuses a file whose format is not a restorer's.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pickle
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -29,27 +37,55 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
+from ..errors import CheckpointError, ConfigError, MissingFileError
 from .prior import add_prior_channels, widen_stem_weights
-from .registry import create_model
+from .registry import create_model, list_models
 
 __all__ = [
     "LoadReport", "atomic_write", "torch_load", "unwrap_state_dict", "read_state_dict", "load_pretrained",
     "save_weights", "read_metadata", "save_restorer", "load_restorer", "resolve_restorer_path",
-    "RESTORER_FORMAT", "RESTORER_FILENAME",
+    "remove_stale_temporaries", "RESTORER_FORMAT", "RESTORER_FILENAME", "ENCODER_FORMAT",
 ]
 
 StateDict = dict[str, torch.Tensor]
 _LIST_LIMIT = 20  # names listed per category in an error message
 WRAPPER_KEYS = ("params_ema", "params", "state_dict")  # BasicSR's EMA / plain weights; Lightning-style files
 RESTORER_FORMAT = "maskdcpt-restorer"
+ENCODER_FORMAT = "maskdcpt-encoder"  # a pre-trained backbone, for fine-tuning
+# What a file of each format is, for errors that refuse it.
+FORMAT_DESCRIPTIONS = {
+    ENCODER_FORMAT: "a pre-trained encoder (backbone) export, which fine-tuning turns into a restorer "
+                    "(tools/finetune.py --pretrained FILE)",
+    "maskdcpt-pretraining": "the weights of a pre-training run (backbone, reconstruction head and classifier); "
+                            "fine-tune its encoder first (tools/finetune.py --pretrained RUN_FOLDER)",
+}
+_TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_write's temporaries: .<name>.<random>.tmp
 RESTORER_FILENAME = "restorer.safetensors"
 
 
 # ----------------------------------------------------------------------------------------- writing and reading
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where /proc says it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only where /proc is missing)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, then move it onto ``path``."""
+    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, then move it onto ``path``.
+
+    The file ends with mode ``0666 & ~umask``, as ``open(path, "w")`` would give (a temporary file is created
+    private, 0600, which would keep colleagues on a shared cluster from reading checkpoints).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -58,6 +94,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -66,15 +103,49 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writes killed midway (``kill -9``, a node failure) left in ``folder``;
+    returns them. Call it where no other process is writing into ``folder`` (a run's rank 0 at its start)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        if _TMP_NAME.match(entry.name) and entry.is_file() and not entry.is_symlink():
+            try:
+                entry.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(entry)
+    return removed
+
+
 def torch_load(path: str | os.PathLike) -> Any:
-    """``torch.load`` on the CPU, weights only: tensors, containers and plain types; anything else is refused."""
+    """``torch.load`` on the CPU, weights only: tensors, containers and plain types; anything else is refused.
+
+    Never retried without ``weights_only``, and the error never suggests it: a file that needs more than tensors
+    to load could run any code.
+    """
+    if not os.path.isfile(path):
+        raise MissingFileError(f"checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # the unpickler's refusals and corrupt files alike: never retry without weights_only
-        raise ValueError(
-            f"{path}: cannot read as a weights-only checkpoint (refused or corrupt; nothing in it was executed): "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):  # not a pickle torch could read at all
+            raise CheckpointError(f"{path}: damaged or not a PyTorch checkpoint: {str(err).splitlines()[0]}") from None
+        culprit = re.search(r"GLOBAL ([\w.]+)", str(err))
+        asks = f"it would call {culprit.group(1)} while loading" if culprit else "it holds Python objects besides tensors"
+        raise CheckpointError(
+            f"{path}: refused: {asks}, and loading it could run any code. Nothing in it was executed. Use a file "
+            "that holds only tensors (a state_dict saved with torch.save, or .safetensors) from a source you trust"
         ) from None
+    except OSError as err:
+        if err.errno in (errno.EACCES, errno.EPERM):
+            raise
+        raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from None
+    except Exception as err:  # noqa: BLE001 — whatever the reader trips on, the file is not a usable checkpoint
+        detail = str(err).split(". ")[0].strip() if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: damaged or not a PyTorch checkpoint (an interrupted copy?): {detail}") from None
 
 
 def _is_state_dict(obj: object) -> bool:
@@ -93,7 +164,7 @@ def unwrap_state_dict(obj: Any, key: str = "params_ema", source: str = "checkpoi
     state = obj if used is None else obj[used]
     if not _is_state_dict(state):
         top = list(obj.keys())[:10] if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: no state_dict found under {order[0]!r} or {', '.join(map(repr, order[1:]))}, and the file "
             f"is not a bare name→tensor mapping (top level: {top})"
         )
@@ -106,7 +177,7 @@ def read_state_dict(path: str | os.PathLike, key: str = "params_ema") -> tuple[S
     (see ``unwrap_state_dict``). Returns (state_dict, the wrapper key used or None)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingFileError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -114,7 +185,7 @@ def read_state_dict(path: str | os.PathLike, key: str = "params_ema") -> tuple[S
         try:
             return load_file(str(path), device="cpu"), None
         except SafetensorError as err:
-            raise ValueError(f"{path}: not a valid safetensors file: {err}") from None
+            raise CheckpointError(f"{path}: not a valid safetensors file: {err}") from None
     return unwrap_state_dict(torch_load(path), key, source=str(path))
 
 
@@ -126,18 +197,21 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path}: not a valid safetensors file: {err}") from None
+        raise CheckpointError(f"{path}: not a valid safetensors file: {err}") from None
 
 
 def save_weights(state: Mapping[str, torch.Tensor] | nn.Module, path: str | os.PathLike,
                  metadata: Mapping[str, Any] | None = None) -> Path:
     """Write a state_dict (or a module's) atomically as ``.safetensors`` (contiguous CPU copies; no code can ride
-    along). Metadata values that are not strings are stored as JSON."""
+    along). Metadata values that are not strings are stored as JSON; ``format`` (what the file is, e.g.
+    ``maskdcpt-restorer``) is required, so that every file says what it holds."""
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: a safetensors file must end in .safetensors")
+    if not (metadata or {}).get("format"):
+        raise ValueError(f"{path}: save_weights needs metadata['format'] saying what the file holds")
     if isinstance(state, nn.Module):
         state = state.state_dict()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
@@ -219,7 +293,7 @@ def load_pretrained(
         (k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape
     ]
     if strict and not report.ok:
-        raise ValueError(f"{path}: checkpoint does not match {type(model).__name__} strictly:\n{report.describe()}")
+        raise CheckpointError(f"{path}: checkpoint does not match {type(model).__name__} strictly:\n{report.describe()}")
     bad = {k for k, _, _ in report.mismatched}
     matching = {k: v for k, v in state.items() if k in own and k not in bad}
     model.load_state_dict(matching, strict=strict)
@@ -252,42 +326,49 @@ def resolve_restorer_path(path: str | os.PathLike) -> Path:
     if path.is_dir():
         candidate = path / RESTORER_FILENAME
         if not candidate.is_file():
-            raise FileNotFoundError(f"run folder {path} holds no {RESTORER_FILENAME}")
+            raise MissingFileError(f"run folder {path} holds no {RESTORER_FILENAME}")
         return candidate
     if not path.is_file():
-        raise FileNotFoundError(f"restorer checkpoint {path} does not exist")
+        raise MissingFileError(f"restorer checkpoint {path} does not exist")
     return path
 
 
 def load_restorer(path: str | os.PathLike, device: str | torch.device = "cpu", arch: str | None = None,
-                  arch_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+                  arch_kwargs: Mapping[str, Any] | None = None, any_format: bool = False) -> nn.Module:
     """Rebuild a dense restorer in eval mode on ``device`` from a restorer file, a run folder holding
     ``restorer.safetensors``, or a release ``.pth`` / metadata-less ``.safetensors`` together with ``arch``.
 
     ``arch`` (a registered model name) and ``arch_kwargs`` are needed for files without restorer metadata (a
     release ``.pth`` loads from its model's ``param_key``, falling back to the other wrapper); when given for a
-    restorer file they override its metadata. Weights must match the model exactly (strict).
+    restorer file they override its metadata. Weights must match the model exactly (strict). A file whose
+    ``format`` metadata says it is something else (a pre-training encoder export, …) is refused unless
+    ``any_format``: its backbone may load into the restorer and produce images that mean nothing.
     """
     file = resolve_restorer_path(path)
     metadata = read_metadata(file) if file.suffix == ".safetensors" else {}
+    fmt = metadata.get("format")
+    if fmt is not None and fmt != RESTORER_FORMAT and not any_format:
+        what = FORMAT_DESCRIPTIONS.get(fmt, f"a file of format {fmt!r}")
+        raise CheckpointError(f"{file} is not a restorer but {what}; restoring with it gives meaningless images "
+                              "(use a fine-tuning run's restorer.safetensors, or --any-format to run it anyway)")
     name = arch or metadata.get("model_name")
     if name is None:
-        raise ValueError(f"{file}: no 'model_name' in its metadata; pass the architecture (--arch NAME)")
+        raise CheckpointError(f"{file}: no 'model_name' in its metadata; pass the architecture (--arch NAME)")
     if arch_kwargs is not None:
         kwargs = dict(arch_kwargs)
     elif arch is None or arch == metadata.get("model_name"):
         try:
             kwargs = json.loads(metadata.get("model_kwargs", "{}"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{file}: metadata 'model_kwargs' is not valid JSON: {err}") from None
+            raise CheckpointError(f"{file}: metadata 'model_kwargs' is not valid JSON: {err}") from None
         if not isinstance(kwargs, dict):
-            raise ValueError(f"{file}: metadata 'model_kwargs' must be a JSON object, got {kwargs!r}")
+            raise CheckpointError(f"{file}: metadata 'model_kwargs' must be a JSON object, got {kwargs!r}")
     else:
         kwargs = {}
     try:
         model = create_model(name, **kwargs)
     except ValueError as err:
-        raise ValueError(f"{file}: {err}") from None
+        raise CheckpointError(f"{file}: {err}") from None
     prior_channels = int(metadata.get("prior_channels", "0") or 0)
     if prior_channels:  # fine-tuned with generative priors as extra input channels
         add_prior_channels(model, prior_channels)

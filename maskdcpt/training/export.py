@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..models.checkpoint import save_weights
+from ..errors import CheckpointError, MissingFileError
+from ..models.checkpoint import ENCODER_FORMAT, save_weights
 from .checkpoint import load_state
 
 
@@ -15,17 +16,17 @@ def export_encoder(run_dir: str | Path, out: str | Path, checkpoint: str | Path 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
-        raise ValueError(f"{str(run_dir)!r} is not a pre-training run folder: no config.yaml")
+        raise MissingFileError(f"{str(run_dir)!r} is not a pre-training run folder: no config.yaml")
     cfg = load_pretrain_config(config_path)
     ckpt = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
-        raise ValueError(f"no checkpoint at {str(ckpt)!r}")
+        raise MissingFileError(f"no checkpoint at {str(ckpt)!r}")
     full = load_state(ckpt)
     state = full["model"]
     backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     if not backbone:
-        raise ValueError(f"checkpoint {str(ckpt)!r} holds no backbone.* weights")
-    meta = {"format": "maskdcpt-encoder", "model_name": cfg.model.name, "model_kwargs": cfg.model.kwargs,
+        raise CheckpointError(f"checkpoint {str(ckpt)!r} holds no backbone.* weights")
+    meta = {"format": ENCODER_FORMAT, "model_name": cfg.model.name, "model_kwargs": cfg.model.kwargs,
             "step": int(full["step"])}
     out = Path(out)
     save_weights(backbone, out, meta)

@@ -7,6 +7,7 @@ is new unless asked for (prior channels).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,12 +17,13 @@ import torch.nn as nn
 
 from degradations import EngineConfig
 
-from ..config import load_config
+from ..config import fixed_field, load_config, ranged
+from ..errors import CheckpointError, ConfigError
 from ..data.config import DataConfig
 from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
 from ..evaluation.metrics import psnr_torch, ssim_torch
 from ..models import create_model
-from ..models.checkpoint import load_pretrained, save_restorer
+from ..models.checkpoint import RESTORER_FORMAT, load_pretrained, save_restorer
 from ..models.prior import add_prior_channels
 from .distributed import DistInfo
 from .ema import ModelEMA
@@ -35,7 +37,7 @@ from .trainer import StepOutput, Task, TrainConfig
 class RestorerConfig:
     name: str = "nafnet_tiny"
     kwargs: dict[str, Any] = field(default_factory=dict)
-    prior_channels: int = 0  # > 0: generative restorations as extra input (sources need 'prior' folders)
+    prior_channels: int = ranged(0, ge=0)  # > 0: generative restorations as extra input (sources need 'prior' folders)
     # from scratch, the output projection starts at 0: the restorer starts as the identity, not input + noise
     zero_init_head: bool = True
 
@@ -69,12 +71,12 @@ def five_d_val_tasks() -> list[ValTask]:
 
 @dataclass
 class FinetuneConfig:
-    model: RestorerConfig = field(default_factory=RestorerConfig)
+    model: RestorerConfig = fixed_field(default_factory=RestorerConfig)  # a resumed run keeps its model
     pretrained: str = "none"  # none | encoder .safetensors | pre-training run folder | release .pth
     # wrapper key of a release .pth; None: the model's release key (default_cfg.param_key; SwinIR 'params',
     # the others 'params_ema'), falling back to the other wrapper
     pretrained_key: str | None = None
-    ema_decay: float = 0.999
+    ema_decay: float = ranged(0.999, ge=0, le=1)
     ema_warmup: bool = True  # the effective decay grows with the step (see training/ema.py)
     optim: OptimConfig = field(default_factory=_finetune_optim)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -84,16 +86,16 @@ class FinetuneConfig:
 
 
 def load_finetune_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> FinetuneConfig:
+    from ..models import list_models
+
     cfg = load_config(FinetuneConfig, path, overrides)
-    if not 0.0 <= cfg.ema_decay <= 1.0:
-        raise ValueError(f"ema_decay must lie in [0, 1], got {cfg.ema_decay}")
-    if cfg.model.prior_channels < 0:
-        raise ValueError(f"model.prior_channels must be >= 0, got {cfg.model.prior_channels}")
+    if cfg.model.name not in list_models():
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; registered: {', '.join(list_models())}")
     has_prior = bool(cfg.data.sources) and all(s.prior for s in cfg.data.sources)
     if cfg.model.prior_channels and not has_prior:
-        raise ValueError("model.prior_channels > 0 needs every data source to name a 'prior' folder")
+        raise ConfigError("model.prior_channels > 0 needs every data source to name a 'prior' folder")
     if has_prior and not cfg.model.prior_channels:
-        raise ValueError("the data sources have 'prior' folders: set model.prior_channels (3 for RGB priors)")
+        raise ConfigError("the data sources have 'prior' folders: set model.prior_channels (3 for RGB priors)")
     return cfg
 
 
@@ -106,10 +108,10 @@ def _pretrained_file(spec: str) -> Path:
     if path.is_dir():  # a pre-training run folder
         candidate = path / "encoder.safetensors"
         if not candidate.is_file():
-            raise ValueError(f"pre-training run {str(path)!r} has no encoder.safetensors; run tools/export_encoder.py")
+            raise CheckpointError(f"pretrained: pre-training run {str(path)!r} has no encoder.safetensors; run tools/export_encoder.py")
         return candidate
     if not path.is_file():
-        raise ValueError(f"pretrained: {spec!r} does not exist")
+        raise ConfigError(f"pretrained: {spec!r} does not exist")
     return path
 
 
@@ -178,6 +180,11 @@ class FinetuneTask(Task):
         extra = {"prior_channels": str(self.cfg.model.prior_channels), "ema_decay": str(self.cfg.ema_decay)}
         save_restorer(self.ema.module, run_dir / "restorer.safetensors", self.cfg.model.name, self.cfg.model.kwargs, extra)
 
+    def weights_metadata(self) -> dict[str, Any]:
+        # the trained weights themselves (restorer.safetensors holds their EMA): a restorer too
+        return {"format": RESTORER_FORMAT, "model_name": self.cfg.model.name,
+                "model_kwargs": json.dumps(self.cfg.model.kwargs, sort_keys=True),
+                "prior_channels": str(self.cfg.model.prior_channels), "ema": "false"}
 
     # ----------------------------------------------------------------- validation
     @property
@@ -185,11 +192,11 @@ class FinetuneTask(Task):
         best = self.cfg.val.best or "psnr"
         return None if best == "none" else best
 
-    def weights_metadata(self) -> dict[str, Any]:
-        return restorer_metadata(self.cfg)
-
     def best_state_dict(self) -> dict[str, torch.Tensor]:
         return self.ema.module.state_dict()  # the weights that are validated, exported and released
+
+    def best_metadata(self) -> dict[str, Any]:
+        return {**self.weights_metadata(), "ema": "true"}
 
     def validation_set(self) -> ValidationSet:
         if self._val_set is None:
@@ -230,11 +237,6 @@ class FinetuneTask(Task):
         worst = min(result["per_task"].items(), key=lambda kv: kv[1]["psnr"] - kv[1]["psnr_input"])
         return (f"PSNR {result['psnr']:.2f} dB (input {result['psnr_input']:.2f}, gain {result['gain']:+.2f}), "
                 f"SSIM {result['ssim']:.4f}; least gain: {worst[0]} {worst[1]['psnr'] - worst[1]['psnr_input']:+.2f} dB")
-
-
-def restorer_metadata(cfg: FinetuneConfig) -> dict[str, Any]:
-    return {"format": "maskdcpt-restorer", "model_name": cfg.model.name, "model_kwargs": cfg.model.kwargs,
-            "prior_channels": cfg.model.prior_channels}
 
 
 def run_finetuning(cfg: FinetuneConfig, resume: bool | str = "auto") -> dict[str, Any]:

@@ -1,6 +1,9 @@
-"""What a user sees: TensorBoard scalars and images, and the image renderings they need."""
+"""What a user sees: the run's text log, TensorBoard scalars and images, and the image renderings they need."""
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -87,3 +90,77 @@ class TensorBoardLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class RunLog:
+    """``RUN/log.txt``: a run's story in plain text, so that it can be judged without TensorBoard.
+
+    ``say`` prints a line and appends it; ``write`` only appends (progress lines under a progress bar). While open,
+    the warnings of the project's loggers (``maskdcpt.*``, ``degradations.*``) and Python warnings go to the file
+    too, and still to stderr. Appends: a resumed run continues the same file. ``path=None`` (ranks other than 0):
+    ``say`` only prints, nothing is written.
+    """
+
+    LOGGERS = ("maskdcpt", "degradations", "py.warnings")
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path is not None else None
+        self._file = None
+        self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
+        self._levels: dict[str, int] = {}
+        self._captured = False
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", buffering=1)
+        to_file = logging.StreamHandler(self._file)
+        to_file.setLevel(logging.INFO)
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        # A handler on our loggers stops Python's last-resort printing of their warnings; print them ourselves
+        # unless the application configured logging (then its handlers on the root logger show them).
+        to_console = None
+        if not logging.getLogger().handlers:
+            to_console = logging.StreamHandler(sys.stderr)
+            to_console.setLevel(logging.WARNING)
+        self._captured = not logging.getLogger("py.warnings").handlers
+        if self._captured:
+            logging.captureWarnings(True)
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self._levels[name] = logger.level
+            if logger.getEffectiveLevel() > logging.INFO:
+                logger.setLevel(logging.INFO)
+            for handler in (to_file, to_console):
+                if handler is not None:
+                    logger.addHandler(handler)
+                    self._handlers.append((logger, handler))
+
+    def write(self, text: str) -> None:
+        """Append ``text`` (one or more lines) with a time stamp."""
+        if self._file is not None:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            for line in str(text).splitlines() or [""]:
+                self._file.write(f"{stamp} {line}\n")
+
+    def say(self, text: str) -> None:
+        """Print ``text`` and append it."""
+        print(text, flush=True)
+        self.write(text)
+
+    def close(self) -> None:
+        for logger, handler in self._handlers:
+            logger.removeHandler(handler)
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        if self._captured:
+            logging.captureWarnings(False)
+        self._handlers, self._levels, self._captured = [], {}, False
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

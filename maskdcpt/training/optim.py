@@ -7,6 +7,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from ..config import ranged
+
 
 @dataclass
 class OptimConfig:
@@ -14,14 +16,14 @@ class OptimConfig:
     G 3e-4 wd 0, DC 1e-4 wd 1e-4, cosine to 1e-6, no warm-up). Weight decay spares norms,
     biases and other 1-D parameters (``weight_decay_groups``)."""
 
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    classifier_lr: float = 1e-4
-    classifier_weight_decay: float = 1e-4
-    min_lr: float = 1e-6
-    warmup_steps: int = 0
-    grad_clip: float = 0.0  # max global grad norm; 0 switches clipping off
+    lr: float = ranged(3e-4, gt=0)
+    weight_decay: float = ranged(0.0, ge=0)
+    betas: tuple[float, float] = ranged((0.9, 0.999), ge=0, lt=1)
+    classifier_lr: float = ranged(1e-4, ge=0)  # 0 freezes the classifier
+    classifier_weight_decay: float = ranged(1e-4, ge=0)
+    min_lr: float = ranged(1e-6, ge=0)
+    warmup_steps: int = ranged(0, ge=0)
+    grad_clip: float = ranged(0.0, ge=0)  # max global grad norm; 0 switches clipping off
     fused: bool = False  # fused AdamW kernels (CUDA)
 
 

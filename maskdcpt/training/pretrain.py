@@ -18,12 +18,13 @@ import torch.nn as nn
 
 from degradations import NUM_TYPES
 
-from ..config import load_config
+from ..config import fixed_field, load_config, ranged
+from ..errors import ConfigError
 from ..data.config import DataConfig
 from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
 from ..losses import focal_loss, masked_l1, supervised_contrastive_loss
 from ..models import build_maskdcpt
-from ..models.checkpoint import save_weights
+from ..models.checkpoint import ENCODER_FORMAT, save_weights
 from ..models.maskdcpt import MaskDCPTOutput
 from ..models.masking import random_keep_map
 from .distributed import DistInfo, gather_with_grad
@@ -38,26 +39,29 @@ _MASK_STREAM = 0x4D41534B
 
 @dataclass
 class ModelConfig:
-    name: str = "nafnet_tiny"
-    num_classes: int | None = None  # None: the engine's types (19 + data.engine.extra_types)
-    mask_ratio: float = 0.5  # 0 = the "no mask" ablation
-    patch_size: int | None = None  # None: the backbone's total stride (16 NAFNet, 8 others)
+    """The network; a resumed run keeps name, num_classes and kwargs (its checkpoint's shapes), while the
+    masking (mask_ratio, patch_size) may change."""
+
+    name: str = fixed_field("nafnet_tiny")
+    num_classes: int | None = ranged(None, ge=1, fixed=True)  # None: the engine's types (19 + data.engine.extra_types)
+    mask_ratio: float = ranged(0.5, ge=0, lt=1)  # 0 = the "no mask" ablation
+    patch_size: int | None = ranged(None, ge=1)  # None: the backbone's total stride (16 NAFNet, 8 others)
     rec_residual: bool = True  # reconstruction = head(features) + visible input, as the restorer computes
     classifier_norm: Literal["batch", "layer"] = "batch"  # "layer": the release's classifier (see models/classifier.py)
     zero_init_head: bool = True  # the output projection starts at 0: the reconstruction starts as the visible input
-    kwargs: dict[str, Any] = field(default_factory=dict)  # overrides of the backbone factory
+    kwargs: dict[str, Any] = fixed_field(default_factory=dict)  # overrides of the backbone factory
 
 
 @dataclass
 class LossConfig:
-    w_rec: float = 1.0
-    w_cls: float = 1.0
-    w_con: float = 0.1
+    w_rec: float = ranged(1.0, ge=0)
+    w_cls: float = ranged(1.0, ge=0)
+    w_con: float = ranged(0.1, ge=0)
     rec_region: Literal["all", "visible", "hidden"] = "visible"  # hidden pixels carry no input, no features
     # "lq": restore the (masked) degraded input, MaskDCPT; "gt": DCPT's generation, the clean image in and out
     rec_source: Literal["lq", "gt"] = "lq"
-    focal_gamma: float = 2.0
-    temperature: float = 0.07
+    focal_gamma: float = ranged(2.0, ge=0)
+    temperature: float = ranged(0.07, gt=0)
 
 
 def _demo_optim() -> OptimConfig:
@@ -87,22 +91,23 @@ def load_pretrain_config(path: str | Path | None = None, overrides: Sequence[str
 
 
 def validate(cfg: PretrainConfig) -> None:
+    """What the per-field ranges cannot say: values that depend on each other or on the model registry."""
+    from ..models import get_model_cfg, list_models
+
     loss = cfg.loss
-    for key in ("w_rec", "w_cls", "w_con"):
-        if getattr(loss, key) < 0:
-            raise ValueError(f"loss.{key} must be >= 0, got {getattr(loss, key)}")
     if loss.w_rec == loss.w_cls == loss.w_con == 0:
-        raise ValueError("loss.w_rec, loss.w_cls and loss.w_con are all 0: nothing to train")
-    if not 0.0 <= cfg.model.mask_ratio < 1.0:
-        raise ValueError(f"model.mask_ratio must lie in [0, 1), got {cfg.model.mask_ratio}")
+        raise ConfigError("loss.w_rec, loss.w_cls and loss.w_con are all 0: nothing to train")
     if loss.rec_region == "hidden" and cfg.model.mask_ratio == 0:
-        raise ValueError("loss.rec_region='hidden' needs model.mask_ratio > 0 (nothing is hidden)")
+        raise ConfigError("loss.rec_region='hidden' needs model.mask_ratio > 0 (nothing is hidden)")
     if loss.rec_source == "gt" and cfg.model.mask_ratio > 0:
-        raise ValueError("loss.rec_source='gt' is DCPT's clean→clean generation, which has no mask: set model.mask_ratio=0")
-    if loss.temperature <= 0:
-        raise ValueError(f"loss.temperature must be > 0, got {loss.temperature}")
-    if cfg.train.max_steps < 1:
-        raise ValueError(f"train.max_steps must be >= 1, got {cfg.train.max_steps}")
+        raise ConfigError("loss.rec_source='gt' is DCPT's clean→clean generation, which has no mask: set model.mask_ratio=0")
+    if cfg.model.name not in list_models():
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; registered: {', '.join(list_models())}")
+    stride = get_model_cfg(cfg.model.name).stride
+    patch = cfg.model.patch_size
+    if patch is not None and patch % stride and "stride" not in cfg.model.kwargs:
+        raise ConfigError(f"model.patch_size: {patch} is not a multiple of {cfg.model.name}'s stride {stride} "
+                          f"(a mask cell must cover whole feature cells); use {stride}, {2 * stride}, … or leave it unset")
     cfg.model.num_classes = num_classes(cfg)
 
 
@@ -110,8 +115,8 @@ def num_classes(cfg: PretrainConfig) -> int:
     """The classifier's classes: one per type the engine can label (the 19, then data.engine.extra_types)."""
     labels = len(cfg.data.engine.label_names)
     if cfg.model.num_classes is not None and cfg.model.num_classes != labels:
-        raise ValueError(f"model.num_classes is {cfg.model.num_classes} but the degradation engine labels {labels} types "
-                         f"({NUM_TYPES} built-in + {labels - NUM_TYPES} data.engine.extra_types); set it to {labels} or leave it out")
+        raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but the degradation engine labels {labels} types "
+                          f"({NUM_TYPES} built-in + {labels - NUM_TYPES} data.engine.extra_types); set it to {labels} or leave it out")
     return labels
 
 
@@ -246,7 +251,9 @@ class PretrainTask(Task):
         return None if best == "none" else best
 
     def weights_metadata(self) -> dict[str, Any]:
-        return {"format": "maskdcpt-pretrain", "model_name": self.cfg.model.name, "model_kwargs": self.cfg.model.kwargs}
+        m = self.cfg.model
+        return {"format": "maskdcpt-pretraining", "model_name": m.name, "model_kwargs": m.kwargs,
+                "num_classes": m.num_classes, "mask_ratio": m.mask_ratio, "patch_size": self.model.patch_size}
 
     def class_names(self) -> list[str]:
         return list(self.cfg.data.engine.label_names)
@@ -340,7 +347,7 @@ def knn_top1(features: torch.Tensor, labels: torch.Tensor, k: int = 5) -> float:
 
 def export_encoder_weights(model: nn.Module, cfg: PretrainConfig, path: Path) -> Path:
     """The backbone's weights (what fine-tuning loads strictly into the dense restorer)."""
-    meta = {"format": "maskdcpt-encoder", "model_name": cfg.model.name, "model_kwargs": cfg.model.kwargs}
+    meta = {"format": ENCODER_FORMAT, "model_name": cfg.model.name, "model_kwargs": cfg.model.kwargs}
     save_weights(model.backbone.state_dict(), path, meta)
     return path
 

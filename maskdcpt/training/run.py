@@ -1,16 +1,27 @@
 """A complete run in its folder, shared by pre-training and fine-tuning: join the process
-group, seed the initialisation, write the resolved config, build the task, train, report."""
+group, size the threads, check a resumed run's config, write the resolved config and the text log,
+build the task, train, report."""
 from __future__ import annotations
 
+import logging
+import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import yaml
 
-from ..config import save_config
-from .distributed import DistInfo, cleanup_distributed, init_distributed
+from ..config import fixed_paths, flatten, save_config, to_dict
+from ..errors import ConfigError
+from .distributed import DistInfo, cleanup_distributed, configure_threads, init_distributed
+from .logging import RunLog
 from .trainer import Task, Trainer, resolve_device
+
+log = logging.getLogger(__name__)
+HISTORY = "config_history"  # the configs a run had before a resume changed them: config.1.yaml, config.2.yaml, …
 
 
 @dataclass
@@ -37,27 +48,113 @@ def build_loader_factory(cfg: Any, dist: DistInfo) -> Callable[[int], Any]:
     return make
 
 
+def _show(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+_ABSENT = object()
+
+
+def config_changes(cfg: Any, out_dir: Path, resume: bool | str) -> list[tuple[str, Any, Any]]:
+    """What differs from the config a run in ``out_dir`` was trained with, when this start resumes it:
+    [(dotted key, old, new)]. A change under a field marked ``fixed`` (the model, the data's shape) makes the
+    checkpoint meaningless: ``ConfigError`` naming it. Nothing when starting fresh or without a saved config."""
+    saved = out_dir / "config.yaml"
+    resumes = resume is not False and (resume not in (True, "auto") or (out_dir / "checkpoints" / "last.ckpt").is_file())
+    if not (resumes and saved.is_file()):
+        return []
+    try:
+        old = flatten(yaml.safe_load(saved.read_text()) or {})
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{saved} is damaged ({err}); restore it, or start afresh with --no-resume") from None
+    new = flatten(to_dict(cfg))
+    changes = [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in sorted(set(old) | set(new))
+               if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+    fixed = fixed_paths(type(cfg))
+    refused = [(k, a, b) for k, a, b in changes if any(k == f or k.startswith(f + ".") for f in fixed)]
+    if refused:
+        listed = "; ".join(f"{k}: {_show(a)} → {_show(b)}" for k, a, b in refused)
+        raise ConfigError(
+            f"cannot resume {out_dir} with a changed {listed}: its checkpoint was trained with the old value. Keep "
+            "it, start a new run (run.name=NEW), or start this one afresh with --no-resume")
+    return changes
+
+
+def record_config(cfg: Any, out_dir: Path, runlog: RunLog, changes: list[tuple[str, Any, Any]]) -> None:
+    """Rank 0: save the resolved config as ``config.yaml``; a different one already there moves to
+    ``config_history/config.N.yaml`` first, and the changes go to the log (warnings when resuming)."""
+    saved = out_dir / "config.yaml"
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    if saved.is_file() and saved.read_text() != text:
+        history = out_dir / HISTORY
+        history.mkdir(exist_ok=True)
+        kept = history / f"config.{len(list(history.glob('config.*.yaml'))) + 1}.yaml"
+        shutil.copy2(saved, kept)
+        if changes:
+            log.warning("resuming with %d changed setting(s) (the previous config is kept as %s): %s", len(changes),
+                        kept.relative_to(out_dir), "; ".join(f"{k}: {_show(a)} → {_show(b)}" for k, a, b in changes))
+        else:
+            runlog.write(f"config.yaml replaced (starting afresh); the previous one is kept as {kept.relative_to(out_dir)}")
+    save_config(cfg, saved)
+
+
+def config_summary(cfg: Any) -> str:
+    """The settings that differ from the defaults of ``cfg``'s class, as ``key=value`` (the full config is in
+    config.yaml)."""
+    try:
+        defaults = flatten(to_dict(type(cfg)()))
+    except TypeError:  # a config class without defaults for everything
+        defaults = {}
+    own = flatten(to_dict(cfg))
+    changed = [f"{k}={_show(v)}" for k, v in own.items() if defaults.get(k, _ABSENT) != v]
+    return "config (besides the defaults; all in config.yaml): " + (" ".join(changed) or "the defaults")
+
+
 def run_task(cfg: Any, out_dir: Path, make_task: Callable[[Any, DistInfo], Task], resume: bool | str,
              announce: Callable[[Task], str] | None = None,
              finished: Callable[[dict[str, Any]], str] | None = None) -> dict[str, Any]:
     """Train ``make_task(cfg, dist)`` in ``out_dir`` (resuming per ``resume``); ``announce`` and
-    ``finished`` give what rank 0 prints before and after."""
+    ``finished`` give what rank 0 prints before and after.
+
+    A start that fails before the first step in a folder it created removes that folder again, so a
+    mistake leaves nothing behind that a later run would take for its own.
+    """
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device.type)
+    created = not out_dir.exists()
+    runlog = RunLog(None)
+    trainer = None
     try:
+        threads, why = configure_threads(cfg.train.threads, cfg.data.num_workers)
         torch.manual_seed(cfg.train.seed)  # model initialisation
+        changes = config_changes(cfg, out_dir, resume)  # every rank: all refuse alike
         if dist.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, out_dir / "config.yaml")
+            runlog = RunLog(out_dir / "log.txt")
+            runlog.write(f"--- start on {socket.gethostname()}: "
+                         f"rank 0 of {dist.world_size}, device {device}, {threads} CPU threads ({why}), "
+                         f"torch {torch.__version__}")
+            runlog.write(config_summary(cfg))
+            record_config(cfg, out_dir, runlog, changes)
         task = make_task(cfg, dist)
         if dist.is_main and announce is not None:
-            print(announce(task), flush=True)
-        trainer = Trainer(task, cfg.train, cfg.optim, out_dir, build_loader_factory(cfg, dist), dist, val_every=cfg.val.every)
+            runlog.say(announce(task))
+        trainer = Trainer(task, cfg.train, cfg.optim, out_dir, build_loader_factory(cfg, dist), dist,
+                          val_every=cfg.val.every, runlog=runlog)
         if dist.is_main:
-            print(f"run folder: {out_dir.resolve()}", flush=True)
+            runlog.say(f"run folder: {out_dir.resolve()}")
         metrics = trainer.fit(resume)
         if dist.is_main and finished is not None:
-            print(finished(metrics), flush=True)
+            runlog.say(finished(metrics))
         return metrics
+    except BaseException as err:
+        if dist.is_main:
+            runlog.write(f"stopped: {type(err).__name__}: {err}")
+        runlog.close()
+        failed_start = isinstance(err, Exception) and (trainer is None or trainer.step == 0)
+        if dist.is_main and created and failed_start and out_dir.is_dir():
+            shutil.rmtree(out_dir, ignore_errors=True)  # nothing of it is worth keeping
+        raise
     finally:
+        runlog.close()
         cleanup_distributed()

@@ -11,6 +11,8 @@ import abc
 import contextlib
 import json
 import logging
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -21,10 +23,12 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ..models.checkpoint import save_weights
+from ..config import ranged
+from ..errors import CheckpointError, ConfigError, MissingFileError
+from ..models.checkpoint import remove_stale_temporaries, save_weights
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
 from .distributed import DistInfo, all_reduce_mean, all_reduce_sum
-from .logging import TensorBoardLogger
+from .logging import RunLog, TensorBoardLogger
 from .optim import OptimConfig, ParamGroup, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -32,19 +36,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 300
-    batch_size: int = 8  # global: summed over ranks and accumulation micro-steps
-    grad_accum: int = 1
+    max_steps: int = ranged(300, ge=1)
+    batch_size: int = ranged(8, ge=1, fixed=True)  # global: summed over ranks and accumulation micro-steps
+    grad_accum: int = ranged(1, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False
     device: str = "auto"
-    seed: int = 0
-    log_every: int = 10
-    image_every: int = 100
-    checkpoint_every: int = 50
-    keep_every: int = 0  # also keep step_XXXXXXX.ckpt every N steps (0: only last.ckpt)
-    max_bad_steps: int = 5  # this many non-finite losses in a row stop the run
-    progress: bool = True
+    seed: int = ranged(0, ge=0)
+    # Intervals in steps; 0 switches the periodic action off (logging and last.ckpt still happen at the end).
+    log_every: int = ranged(10, ge=0)
+    image_every: int = ranged(100, ge=0)
+    checkpoint_every: int = ranged(50, ge=0)
+    keep_every: int = ranged(0, ge=0)  # also keep step_XXXXXXX.ckpt every N steps (0: only last.ckpt)
+    max_bad_steps: int = ranged(5, ge=1)  # this many non-finite losses in a row stop the run
+    progress: bool = True  # a progress bar; false: a progress line every log_every steps (always in RUN/log.txt)
+    threads: int = ranged(0, ge=0)  # intra-op CPU threads; 0: the CPUs allotted to the process (affinity, SLURM)
 
 
 @dataclass
@@ -99,6 +105,11 @@ class Task(abc.ABC):
     def export(self, run_dir: Path) -> None:
         """Write the run's product into ``run_dir`` at the end of training (rank 0)."""
 
+    def weights_metadata(self) -> dict[str, Any]:
+        """What ``checkpoints/last.safetensors`` (``model``'s weights) is: at least its ``format``, and how to
+        rebuild the model (``model_name``, ``model_kwargs``) where there is a registered one."""
+        return {"format": "maskdcpt-training-weights"}
+
     # validation in the loop: the trainer calls these on rank 0 (see ``Trainer.validate``)
     best_metric: str | None = None  # a higher-is-better entry of validate()'s result that selects best.safetensors
 
@@ -115,12 +126,12 @@ class Task(abc.ABC):
         return " ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, (int, float)) and k != "step")
 
     def best_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights kept as best.safetensors (by default the model's)."""
+        """The weights kept as best.safetensors (by default the model's, described by :meth:`weights_metadata`)."""
         return self.model.state_dict()
 
-    def weights_metadata(self) -> dict[str, Any]:
-        """What the task's weight files are (``format``, ``model_name``, …), stored in their metadata."""
-        return {}
+    def best_metadata(self) -> dict[str, Any]:
+        """What best.safetensors is (by default what last.safetensors is)."""
+        return self.weights_metadata()
 
 
 class BatchStream(Protocol):
@@ -138,6 +149,43 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class TerminationWatch:
+    """While training: SIGTERM asks for a checkpoint at the next step boundary.
+
+    SIGTERM is how an operator's ``scontrol requeue`` or ``scancel``, a preemption without the job's signal
+    delay, or torchrun's agent stop a run; SLURM sends SIGKILL ``KillWait`` seconds later. Without this the
+    run loses every step since its last periodic checkpoint, and a requeue before the first one starts over.
+    The previous handler still runs (submitit's logs the signal and goes on: the job then trains until
+    SLURM kills it); where SIGTERM used to end the process (no handler), it ends after the checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: Any = None
+        self.installed = False
+
+    @property
+    def exit_after_checkpoint(self) -> bool:
+        return self.previous in (signal.SIG_DFL, None)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if callable(self.previous):
+            self.previous(signum, frame)
+
+    def __enter__(self) -> "TerminationWatch":
+        if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
+            self.previous = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._handle)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+            self.installed = False
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -145,6 +193,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={name!r} but CUDA is not available")
     return device
+
+
+def due(step: int, every: int) -> bool:
+    """Whether a periodic action of interval ``every`` (0: off) falls on ``step``."""
+    return every > 0 and step % every == 0
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -176,9 +229,10 @@ class Trainer:
         make_loader: Callable[[int], BatchStream],
         dist_info: DistInfo = DistInfo(),
         val_every: int = 0,
+        runlog: RunLog | None = None,
     ):
         if cfg.batch_size % (dist_info.world_size * cfg.grad_accum):
-            raise ValueError(
+            raise ConfigError(
                 f"train.batch_size={cfg.batch_size} must be divisible by world size {dist_info.world_size}"
                 f" × train.grad_accum {cfg.grad_accum}"
             )
@@ -214,10 +268,18 @@ class Trainer:
         self.bad_in_row = 0
         self.skipped = 0
         self.logger = TensorBoardLogger(self.run_dir / "tensorboard", enabled=dist_info.is_main)
+        self.runlog = runlog if runlog is not None else RunLog(None)
+
+    def say(self, text: str) -> None:
+        """Rank 0: print a line and keep it in ``RUN/log.txt``."""
+        if self.dist.is_main:
+            self.runlog.say(text)
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         return {
+            "format": "maskdcpt-training-state",  # what the file is; its weights_metadata says which model
+            "weights_metadata": self.task.weights_metadata(),
             "step": self.step,
             "model": self.task.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -236,8 +298,9 @@ class Trainer:
             return None
         path = self.ckpt_dir / "last.ckpt"
         save_state(self.state_dict(), path)
-        save_weights(self.task.model.state_dict(), self.ckpt_dir / "last.safetensors", {"step": self.step})
-        if self.cfg.keep_every and self.step % self.cfg.keep_every == 0:
+        meta = {**self.task.weights_metadata(), "step": self.step}
+        save_weights(self.task.model.state_dict(), self.ckpt_dir / "last.safetensors", meta)
+        if due(self.step, self.cfg.keep_every):
             save_state(self.state_dict(), self.ckpt_dir / f"step_{self.step:07d}.ckpt")
         return path
 
@@ -245,9 +308,13 @@ class Trainer:
         state = load_state(path)
         missing = [k for k in ("step", "model", "optimizer", "scheduler") if k not in state]
         if missing:
-            raise ValueError(f"checkpoint {str(path)!r} lacks {missing}: not a maskdcpt training checkpoint")
-        self.task.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+            raise CheckpointError(f"checkpoint {str(path)!r} lacks {missing}: not a maskdcpt training checkpoint")
+        try:
+            self.task.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run's model: {first}") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.task.load_state_dict(state.get("task", {}))
         set_rng_state(state["rng"])
@@ -263,12 +330,20 @@ class Trainer:
             return
         path = self.ckpt_dir / "last.ckpt" if resume in (True, "auto") else Path(resume)
         if path.is_file():
-            self.load_checkpoint(path)
+            try:
+                self.load_checkpoint(path)
+            except CheckpointError as err:
+                if resume not in (True, "auto"):
+                    raise
+                raise CheckpointError(
+                    f"cannot resume this run: {err}. To start it afresh, run again with --no-resume (its checkpoints "
+                    "are then overwritten); to keep them, move the run folder away or give another checkpoint with "
+                    "--resume PATH") from None
             if self.dist.is_main:
                 self._forget_validations_after(self.step)
-                print(f"resumed from {path} at step {self.step}", flush=True)
+            self.say(f"resumed from {path} at step {self.step}")
         elif resume != "auto":
-            raise ValueError(f"resume: no checkpoint at {str(path)!r}")
+            raise MissingFileError(f"resume: no checkpoint at {str(path)!r}")
 
     # ----------------------------------------------------------------- the loop
     def _autocast(self):
@@ -280,12 +355,25 @@ class Trainer:
         self.loader = self.make_loader(self.step)
         yield from self.loader
 
+    def remove_stale_temporaries(self) -> None:
+        """Rank 0, before anything is written: delete the temporary files of checkpoint writes that were killed
+        midway (``kill -9``, a node failure); at release size each is gigabytes."""
+        if not self.dist.is_main:
+            return
+        stale = remove_stale_temporaries(self.ckpt_dir) + remove_stale_temporaries(self.run_dir)
+        if stale:
+            log.warning("removed %d temporary file(s) left by interrupted writes: %s", len(stale),
+                        ", ".join(p.name for p in stale))
+
     def fit(self, resume: bool | str = "auto") -> dict[str, Any]:
+        self.remove_stale_temporaries()
         self.maybe_resume(resume)
         cfg = self.cfg
         if self.step >= cfg.max_steps:
             if self.dist.is_main:
-                print(f"run already finished at step {self.step} (train.max_steps={cfg.max_steps}): {self.run_dir}")
+                self.say(f"run already finished at step {self.step} (train.max_steps={cfg.max_steps}): {self.run_dir}")
+                # again: a run stopped between its last checkpoint and its export (a requeue, a kill) has none
+                self.task.export(self.run_dir)
             return self._final_metrics({})
         bar = tqdm(
             total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
@@ -298,7 +386,9 @@ class Trainer:
         last_logged: dict[str, float] = {}
         t_wait = t_total = 0.0
         global_batch = cfg.batch_size
+        termination = TerminationWatch()
         try:
+            termination.__enter__()
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
                 try:
@@ -317,7 +407,7 @@ class Trainer:
                 self.step += 1
                 self.task.after_step(self.step)
                 bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                if due(self.step, cfg.log_every) or self.step == cfg.max_steps:
                     last_logged = {k: sum(v) / len(v) for k, v in window.items()}
                     last_logged["perf/samples_per_s"] = global_batch * len(next(iter(window.values()), [0])) / max(t_total, 1e-9)
                     last_logged["perf/data_wait_fraction"] = t_wait / max(t_total, 1e-9)
@@ -327,12 +417,17 @@ class Trainer:
                     last_logged["data/skipped_files"] = float(self.loader.skipped)  # by this rank's loader
                     self.logger.scalars(last_logged, self.step)
                     bar.set_postfix(self._postfix(last_logged), refresh=False)
+                    self._progress_line(last_logged, t_total / max(len(next(iter(window.values()), [0])), 1))
                     window, t_wait, t_total = {}, 0.0, 0.0
                 if self.val_every and (self.step % self.val_every == 0 or self.step == cfg.max_steps):
                     self.validate()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                saved = due(self.step, cfg.checkpoint_every) or self.step == cfg.max_steps
+                if saved:
                     self.save_checkpoint()
+                if termination.requested:
+                    self._checkpoint_on_termination(termination, saved)
         finally:
+            termination.__exit__()
             bar.close()
             self.logger.flush()
             if self.loader is not None:  # name the files of the unfinished data epoch too
@@ -370,10 +465,10 @@ class Trainer:
             value = float(result[metric])
             if self.best_value is None or value > self.best_value:
                 self.best_value = value
-                meta = {**self.task.weights_metadata(), "step": self.step, "best_metric": metric, "best_value": value}
+                meta = {**self.task.best_metadata(), "step": self.step, "best_metric": metric, "best_value": value}
                 save_weights(self.task.best_state_dict(), self.ckpt_dir / "best.safetensors", meta)
                 line += f" (best {metric} so far: best.safetensors)"
-        tqdm.write(line)
+        self.say(line)
         return result
 
     def _forget_validations_after(self, step: int) -> None:
@@ -385,6 +480,36 @@ class Trainer:
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
         if len(kept) != len(lines):
             self.val_log.write_text("".join(line + "\n" for line in kept))
+    def _checkpoint_on_termination(self, termination: TerminationWatch, saved: bool) -> None:
+        termination.requested = False
+        if not saved:
+            self.save_checkpoint()
+        self.say(f"SIGTERM: checkpoint written at step {self.step}; a resumed or requeued run continues from it")
+        if termination.exit_after_checkpoint:
+            raise SystemExit(128 + signal.SIGTERM)
+
+    def _progress_line(self, logged: dict[str, float], seconds_per_step: float) -> None:
+        """Rank 0: one line of progress into RUN/log.txt, and on stdout when there is no progress bar."""
+        if not self.dist.is_main:
+            return
+        cfg = self.cfg
+        left = (cfg.max_steps - self.step) * seconds_per_step
+        parts = [f"step {self.step}/{cfg.max_steps}"]
+        parts += [f"{k}={v}" for k, v in self._postfix(logged).items()]
+        lr = next((v for k, v in logged.items() if k.startswith("lr/")), None)
+        if lr is not None:
+            parts.append(f"lr={lr:.3g}")
+        parts.append(f"data_wait={logged.get('perf/data_wait_fraction', 0):.0%}")
+        if logged.get("train/skipped_steps"):
+            parts.append(f"skipped_steps={int(logged['train/skipped_steps'])}")
+        if logged.get("data/skipped_files"):
+            parts.append(f"skipped_files={int(logged['data/skipped_files'])}")
+        parts.append(f"eta={time.strftime('%H:%M:%S', time.gmtime(left)) if left < 86400 else f'{left / 86400:.1f}d'}")
+        line = "  ".join(parts)
+        if cfg.progress:
+            self.runlog.write(line)
+        else:
+            self.runlog.say(line)
 
     @staticmethod
     def _postfix(logged: dict[str, float]) -> dict[str, str]:
@@ -426,7 +551,7 @@ class Trainer:
                 (out.loss / cfg.grad_accum).backward()
             for k, v in {**out.terms, **self.task.metrics(out, mb)}.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float() / len(micro)
-        if self.dist.is_main and self.cfg.image_every and (self.step + 1) % self.cfg.image_every == 0:
+        if self.dist.is_main and due(self.step + 1, self.cfg.image_every):
             self.task.images(out, micro[-1], self.logger, self.step + 1)
 
         # Every rank must take the same decision, or DDP replicas drift apart.
