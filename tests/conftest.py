@@ -20,7 +20,8 @@ import degradations
 from degradations.photos import sample_photos
 
 # Small and quick, but every part of the real path: embedded photos, data pipeline, optimiser, logging.
-TINY_RUN = ["data.crop_size=64", "data.crops_per_image=2", "train.batch_size=4", "train.progress=false"]
+TINY_RUN = ["data.crop_size=64", "data.crops_per_image=2", "train.batch_size=4", "train.progress=false",
+            "val.samples_per_task=2"]  # validation runs (before the first step and after the last), on 2 crops a task
 # The tiny real pre-training (embedded photos, degradation engine, masking, 3 losses) on 64² crops.
 TINY_PRETRAIN = [*TINY_RUN, "train.log_every=1", "data.engine={types: [noise, jpeg, motion_blur, haze]}"]
 

@@ -58,7 +58,7 @@ class PairedValTask:
     name: str
     lq: str
     gt: str
-    type: str | int | None = None
+    type: str | int | None = ranged(None, ge=0)
 
 
 @dataclass

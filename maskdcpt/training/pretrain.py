@@ -47,7 +47,8 @@ class ModelConfig:
     mask_ratio: float = ranged(0.5, ge=0, lt=1)  # 0 = the "no mask" ablation
     patch_size: int | None = ranged(None, ge=1)  # None: the backbone's total stride (16 NAFNet, 8 others)
     rec_residual: bool = True  # reconstruction = head(features) + visible input, as the restorer computes
-    classifier_norm: Literal["batch", "layer"] = "batch"  # "layer": the release's classifier (see models/classifier.py)
+    # "layer": the release's classifier (see models/classifier.py); fixed: BatchNorm adds running statistics
+    classifier_norm: Literal["batch", "layer"] = fixed_field("batch")
     zero_init_head: bool = True  # the output projection starts at 0: the reconstruction starts as the visible input
     kwargs: dict[str, Any] = fixed_field(default_factory=dict)  # overrides of the backbone factory
 
