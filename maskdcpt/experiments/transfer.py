@@ -482,6 +482,7 @@ def run_experiment(cfg: TransferConfig, out: str | Path, command: str | None = N
     jobs = submit_arms(cfg, folder.path, plans, command)
     if cfg.launch.wait or cfg.launch.launcher == "local":
         wait_for_jobs(jobs)
+        remove_unexpanded_folder(folder.path / "slurm" / "%j")  # the local executor makes it again at start
         return write_report(folder.path)
     return None
 
