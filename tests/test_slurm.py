@@ -218,3 +218,30 @@ def test_three_member_sweep_runs_as_one_array_and_collects(partition, tmp_path, 
     for m in manifest["members"]:
         assert Path(m["run_dir"]) == sweep_dir.resolve() / m["name"]
     assert "mask_ratio-0.75" in printed and (sweep_dir / "results.csv").is_file()
+
+
+def test_transfer_experiment_runs_its_arms_as_one_array_and_reports_after_it(partition, tmp_path):
+    from maskdcpt.experiments.transfer import load_transfer_config, preset_path, run_experiment
+
+    out = tmp_path / "transfer"
+    cfg = load_transfer_config(preset_path("smoke"), [
+        "arms=[scratch,maskdcpt]", "launch.launcher=slurm", f"launch.partition={partition}", "launch.timeout_min=10",
+        "launch.job_name=maskdcpt-test-transfer"])
+    assert run_experiment(cfg, out, "python tools/experiment.py transfer --preset smoke") is None  # not waited for
+    manifest = json.loads((out / "manifest.json").read_text())
+    ids = [m["job_id"] for m in manifest["members"]]
+    assert len({i.split("_")[0] for i in ids}) == 1 and sorted(i.split("_")[1] for i in ids) == ["0", "1"], ids
+    report_id = manifest["report_job"]["job_id"]
+    assert _scontrol_job(report_id)["Dependency"].startswith(f"afterany:{ids[0].split('_')[0]}")
+    deadline = time.time() + JOB_TIMEOUT_S
+    while not (out / "results.json").exists():
+        if time.time() > deadline:
+            pytest.fail(f"no report after {JOB_TIMEOUT_S} s: {sweep_mod.collect(out)}")
+        time.sleep(1)
+    time.sleep(1)  # the report job writes results.json first, then report.md and curves.png
+    results = json.loads((out / "results.json").read_text())
+    # the report job ran once the array had ended: both arms are in it, finished
+    assert {n: a["status"] for n, a in results["arms"].items()} == {"scratch": "done", "maskdcpt": "done"}
+    assert "top1" in results["arms"]["maskdcpt"] and (out / "report.md").is_file()
+    assert "| maskdcpt |" in (out / "report.md").read_text()
+    assert "maskdcpt" in Path(manifest["report_job"]["stdout"].replace("%t", "0")).read_text()

@@ -395,9 +395,10 @@ def run_arm(plan: ArmPlan, resume: bool | str = "auto") -> dict[str, Any]:
     fresh = resume is False
     steps = plan.steps
     if not fresh:
-        if plan.pretrain is not None:
-            check_saved_config(plan.pretrain_dir, plan.pretrain)
-        check_saved_config(plan.finetune_dir, plan.finetune)
+        if main:  # rank 0 alone: it is also the one that rewrites config.yaml when a run starts
+            if plan.pretrain is not None:
+                check_saved_config(plan.pretrain_dir, plan.pretrain)
+            check_saved_config(plan.finetune_dir, plan.finetune)
         if run_finished(plan.finetune_dir, steps["finetune"]):
             print(f"[{plan.name}] finished earlier (fine-tuning at step {steps['finetune']}): skipped", flush=True)
             return arm_result(plan)
@@ -457,7 +458,10 @@ class ExperimentFolder:
                 raise ValueError(f"{self.path} holds an experiment with another recipe ({shown}); give another "
                                  "--out, or delete the folder to redo it")
         self.path.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.config_file)
+        # atomically: queued or requeued arm jobs read it when they start
+        tmp = self.config_file.with_suffix(".yaml.tmp")
+        save_config(cfg, tmp)
+        os.replace(tmp, self.config_file)
         if command:
             with open(self.path / COMMANDS_FILE, "a") as f:
                 f.write(command + "\n")
@@ -509,6 +513,10 @@ def submit_arms(cfg: TransferConfig, out: Path, plans: dict[str, ArmPlan], comma
           + ", ".join(f"{n} {j.job_id}" for n, j in zip(todo, jobs)), flush=True)
     if cfg.launch.launcher == "slurm" and not cfg.launch.wait:
         report = submit_report_job(cfg.launch, out, str(jobs[0].job_id).split("_")[0])
+        manifest = json.loads((out / sweep.MANIFEST).read_text())
+        manifest["report_job"] = {"job_id": str(report.job_id), "stdout": str(report.paths.stdout),
+                                  "stderr": str(report.paths.stderr)}
+        (out / sweep.MANIFEST).write_text(json.dumps(manifest, indent=2))
         print(f"report job {report.job_id} writes {out / 'report.md'} when the array has ended; "
               f"or: python tools/experiment.py transfer --collect {out}", flush=True)
     return jobs
@@ -540,8 +548,8 @@ class ReportJob:
 
 
 def submit_report_job(opts: LaunchOptions, out: Path, array_id: str) -> Any:
-    report_opts = dataclasses.replace(opts, gpus_per_node=0, tasks_per_node=1, nodes=1, timeout_min=30,
-                                      job_name=f"{opts.job_name}-report")
+    report_opts = dataclasses.replace(opts, gpus_per_node=0, tasks_per_node=1, nodes=1, cpus_per_task=1,
+                                      constraint=None, timeout_min=30, job_name=f"{opts.job_name}-report")
     executor = build_executor(report_opts, out / "slurm" / "%j")
     executor.update_parameters(slurm_dependency=f"afterany:{array_id}")
     job = executor.submit(ReportJob(str(out)))
