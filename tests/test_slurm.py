@@ -238,7 +238,6 @@ def test_transfer_experiment_runs_its_arms_as_one_array_and_reports_after_it(par
         if time.time() > deadline:
             pytest.fail(f"no report after {JOB_TIMEOUT_S} s: {sweep_mod.collect(out)}")
         time.sleep(1)
-    time.sleep(1)  # the report job writes results.json first, then report.md and curves.png
     results = json.loads((out / "results.json").read_text())
     # the report job ran once the array had ended: both arms are in it, finished
     assert {n: a["status"] for n, a in results["arms"].items()} == {"scratch": "done", "maskdcpt": "done"}

@@ -589,9 +589,12 @@ def write_report(out: str | Path, echo: bool = True) -> dict[str, Any]:
     cfg = folder.load()
     plans = plan_arms(cfg, folder.path)
     results = report.collect_results(cfg, plans, arm_statuses(folder.path), folder.commands())
-    (folder.path / "results.json").write_text(json.dumps(results, indent=2))
     curves = report.plot_curves(results, folder.path / "curves.png")
     (folder.path / "report.md").write_text(report.markdown(results, curves.name if curves else None))
+    # last, and atomically: a complete results.json means the report is complete
+    tmp = folder.path / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, folder.path / "results.json")
     if echo:
         print(report.text_table(results), flush=True)
         print(f"\nwritten: {folder.path / 'results.json'}, {folder.path / 'report.md'}"
