@@ -1,7 +1,8 @@
 """Against a real SLURM controller and node daemon (tests/slurm/start_local_cluster.sh), not a mock:
 a 2-task DDP pre-training job (gloo, CPU), preemption by `scontrol requeue` and by the preemption signal
 (both must resume and end with the weights of an uninterrupted run), a 3-member pre-training sweep
-collected into a table, and the cluster check (DDP replicas agree).
+collected into a table, the cluster check (DDP replicas agree), and the transfer experiment (its arms as
+one array, the report job after it, a requeued arm resuming).
 
 Skips with the reason when no cluster answers; in CI (CI=true or MASKDCPT_REQUIRE_SLURM=1) fails instead.
 """
@@ -283,3 +284,66 @@ def test_three_member_sweep_runs_as_one_array_and_collects(partition, tmp_path, 
     for m in manifest["members"]:
         assert Path(m["run_dir"]) == sweep_dir.resolve() / m["name"]
     assert "mask_ratio-0.75" in printed and (sweep_dir / "results.csv").is_file()
+
+
+def test_transfer_experiment_runs_its_arms_as_one_array_and_reports_after_it(partition, tmp_path):
+    from maskdcpt.experiments.transfer import load_transfer_config, preset_path, run_experiment
+
+    out = tmp_path / "transfer"
+    cfg = load_transfer_config(preset_path("smoke"), [
+        "arms=[scratch,maskdcpt]", "launch.launcher=slurm", f"launch.partition={partition}", "launch.timeout_min=10",
+        "launch.job_name=maskdcpt-test-transfer"])
+    assert run_experiment(cfg, out, "python tools/experiment.py transfer --preset smoke") is None  # not waited for
+    manifest = json.loads((out / "manifest.json").read_text())
+    ids = [m["job_id"] for m in manifest["members"]]
+    assert len({i.split("_")[0] for i in ids}) == 1 and sorted(i.split("_")[1] for i in ids) == ["0", "1"], ids
+    report_id = manifest["report_job"]["job_id"]
+    assert _scontrol_job(report_id)["Dependency"].startswith(f"afterany:{ids[0].split('_')[0]}")
+    deadline = time.time() + JOB_TIMEOUT_S
+    while not (out / "results.json").exists():
+        if time.time() > deadline:
+            pytest.fail(f"no report after {JOB_TIMEOUT_S} s: {sweep_mod.collect(out)}")
+        time.sleep(1)
+    results = json.loads((out / "results.json").read_text())
+    # the report job ran once the array had ended: both arms are in it, finished
+    assert {n: a["status"] for n, a in results["arms"].items()} == {"scratch": "done", "maskdcpt": "done"}
+    assert "top1" in results["arms"]["maskdcpt"] and (out / "report.md").is_file()
+    assert "| maskdcpt |" in (out / "report.md").read_text()
+    assert "maskdcpt" in Path(manifest["report_job"]["stdout"].replace("%t", "0")).read_text()
+
+
+def test_requeued_transfer_arm_skips_its_finished_pretraining_and_resumes_its_finetuning(partition, tmp_path,
+                                                                                        monkeypatch):
+    from maskdcpt.experiments import transfer
+    from maskdcpt.experiments.transfer import load_transfer_config, preset_path, run_experiment
+
+    out = tmp_path / "transfer"
+    cfg = load_transfer_config(preset_path("smoke"), [
+        "arms=[maskdcpt]", "finetune_steps=40", "launch.launcher=slurm", f"launch.partition={partition}",
+        "launch.timeout_min=10", "launch.wait=true", "launch.job_name=maskdcpt-test-transfer"])
+    ckpt = out / "maskdcpt" / "finetune" / "checkpoints" / "last.ckpt"
+    requeued: list[str] = []
+
+    def requeue_once_finetuning_has_a_checkpoint(jobs):
+        deadline = time.time() + JOB_TIMEOUT_S
+        while not ckpt.exists():
+            _check_not_stuck(jobs[0])
+            if jobs[0].done() or time.time() > deadline:
+                pytest.fail(f"job {jobs[0].job_id} never wrote {ckpt}:\n{_logs(jobs[0])}")
+            time.sleep(0.3)
+        subprocess.run(["scontrol", "requeue", str(jobs[0].job_id)], check=True)
+        requeued.append(str(jobs[0].job_id))
+        while not jobs[0].done():
+            time.sleep(1)
+
+    # launch.wait: the submitting process waits for the jobs, here requeueing the arm's job on the way
+    monkeypatch.setattr(transfer, "wait_for_jobs", requeue_once_finetuning_has_a_checkpoint)
+    results = run_experiment(cfg, out, "python tools/experiment.py transfer --preset smoke")
+    assert requeued and int(_scontrol_job(requeued[0])["Restarts"]) >= 1, "SLURM never requeued the job"
+    assert results["arms"]["maskdcpt"]["status"] == "done" and results["arms"]["maskdcpt"]["step"] == 40
+    log = Path(json.loads((out / "manifest.json").read_text())["members"][0]["stdout"]).read_text()
+    assert "[maskdcpt] pre-training finished earlier: skipped" in log
+    resumed = re.findall(r"resumed from .*finetune/checkpoints/last\.ckpt at step (\d+)", log)
+    assert resumed and int(resumed[-1]) >= 2, log[-2000:]
+    steps = [json.loads(line)["step"] for line in (out / "maskdcpt" / "finetune" / "val.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 40  # each validation once, despite the restart

@@ -54,6 +54,12 @@ KNOWN_TARGETS: dict[str, Target] = {
         load_config="maskdcpt.training.finetune:load_finetune_config",
         run_dir="maskdcpt.training.finetune:run_dir",
     ),
+    # one arm of the transfer experiment (pre-training then fine-tuning) in DIR/<arm>; see maskdcpt.experiments
+    "transfer_arm": Target(
+        run="maskdcpt.experiments.transfer:run_arm_job",
+        load_config="maskdcpt.experiments.transfer:load_arm_job_config",
+        run_dir="maskdcpt.experiments.transfer:arm_dir",
+    ),
     "cluster_check": Target(
         run="maskdcpt.launch.cluster_check:run_cluster_check",
         load_config="maskdcpt.launch.cluster_check:load_cluster_check_config",
