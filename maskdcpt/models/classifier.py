@@ -32,25 +32,61 @@ __all__ = ["DegradationClassifier", "Bottleneck", "ConvNorm"]
 NORMS = ("layer", "batch")
 
 
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics come from the visible positions only (SparK's sparse BatchNorm).
+
+    ``forward(x, mask)`` with mask (B, 1, H, W) in {0, 1}: mean and variance over the positions where mask is 1
+    (the running statistics follow them); without a mask, or in eval mode, it is ``nn.BatchNorm2d``. Hidden
+    positions are normalised too but carry nothing: callers zero them again.
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        if mask is None or not self.training:
+            return super().forward(x)
+        m = mask.to(x.dtype)
+        count = m.sum() * 1.0
+        if count < 2:
+            return super().forward(x)
+        mean = (x * m).sum(dim=(0, 2, 3)) / count
+        var = (((x - mean[None, :, None, None]) ** 2) * m).sum(dim=(0, 2, 3)) / count
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+                self.running_var.mul_(1 - momentum).add_(var.detach() * count / (count - 1), alpha=momentum)
+        scale = torch.rsqrt(var + self.eps)
+        if self.affine:
+            return (x - mean[None, :, None, None]) * (scale * self.weight)[None, :, None, None] + self.bias[None, :, None, None]
+        return (x - mean[None, :, None, None]) * scale[None, :, None, None]
+
+
 class ConvNorm(nn.Conv2d):
     """Bias-free k×k conv followed by a norm: channels-first LayerNorm (eps 1e-6, the release's) or BatchNorm.
 
     The norm is a child of the conv (keys ``conv1.weight``, ``conv1.norm.weight``), as in Detectron2's ``Conv2d``
-    that the releases use. Weights get the MSRA fill (He normal, fan_out, ReLU gain).
+    that the releases use. Weights get the MSRA fill (He normal, fan_out, ReLU gain). ``forward(x, mask)``: the
+    BatchNorm's statistics come from the visible positions (LayerNorm is per position and needs no mask).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm: str = "layer"):
         super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
-        self.norm = LayerNorm2d(out_channels, eps=1e-6) if norm == "layer" else nn.BatchNorm2d(out_channels)
+        self.norm = LayerNorm2d(out_channels, eps=1e-6) if norm == "layer" else MaskedBatchNorm2d(out_channels)
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.norm(super().forward(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        y = super().forward(x)
+        return self.norm(y, mask) if isinstance(self.norm, MaskedBatchNorm2d) else self.norm(y)
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x if mask is None else x * mask
 
 
 class Bottleneck(nn.Module):
-    """Inverted residual bottleneck on (B, C, H, W): 1×1 C→2C, 3×3 2C→2C, 1×1 2C→C (each with LN, ReLU between),
-    plus the identity, then ReLU."""
+    """Inverted residual bottleneck on (B, C, H, W): 1×1 C→2C, 3×3 2C→2C, 1×1 2C→C (each with its norm, ReLU
+    between), plus the identity, then ReLU. With a mask, hidden positions are zeroed after every step, so the 3×3
+    conv sees them as zero padding and nothing but visible content reaches the pooled vector."""
 
     def __init__(self, channels: int, expansion: int = 2, norm: str = "layer"):
         super().__init__()
@@ -59,14 +95,23 @@ class Bottleneck(nn.Module):
         self.conv2 = ConvNorm(hidden, hidden, 3, norm)
         self.conv3 = ConvNorm(hidden, channels, 1, norm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.conv1(x))
-        y = F.relu(self.conv2(y))
-        return F.relu(self.conv3(y) + x)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        y = _masked(F.relu(self.conv1(x, mask)), mask)
+        y = _masked(F.relu(self.conv2(y, mask)), mask)
+        return _masked(F.relu(self.conv3(y, mask) + x), mask)
 
 
-def _stage(channels: int, depth: int, norm: str) -> nn.Sequential:
-    return nn.Sequential(*(Bottleneck(channels, norm=norm) for _ in range(depth)))
+class Stage(nn.Sequential):
+    """Bottlenecks in a row (a Sequential, for the release's key names), each given the mask."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        for block in self:
+            x = block(x, mask)
+        return x
+
+
+def _stage(channels: int, depth: int, norm: str) -> Stage:
+    return Stage(*(Bottleneck(channels, norm=norm) for _ in range(depth)))
 
 
 class DegradationClassifier(nn.Module):
@@ -116,10 +161,16 @@ class DegradationClassifier(nn.Module):
             if tap.dim() != 4 or tap.shape[1] != dim:
                 raise ValueError(f"tap {i} must be (B, {dim}, H, W), got {tuple(tap.shape)}")
 
-    def forward(self, taps: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, taps: Sequence[torch.Tensor], keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """taps as described above; keep (B, 1, h, w) in {0, 1}, the backbone's keep map (any grid that the taps'
+        sizes are multiples of), or None. With a keep map the classifier is sparse-aware: normalisation statistics,
+        convolutions and the final average see the visible positions only, as if the hidden ones were not there
+        (the classifier of a masked image is then a classifier of its visible part, not of a patchwork of content
+        and zeros). Returns (logits (B, num_classes), pooled (B, tap_dims[-1]))."""
         self._check(taps)
         weights = torch.softmax(self.mixing_weights, dim=0)
         z: torch.Tensor | int = 0
+        mask = None
         for i, tap in enumerate(taps):
             if self.tap_downsample and i > 0:
                 tap = F.interpolate(tap, size=(tap.shape[-2] >> i, tap.shape[-1] >> i), mode="nearest")
@@ -128,7 +179,16 @@ class DegradationClassifier(nn.Module):
                     f"tap {i} is {tuple(tap.shape[-2:])} but the running features are {tuple(z.shape[-2:])}: "
                     "each tap must have half the size of the previous one (inputs a multiple of the backbone stride)"
                 )
-            z = self.bottleneck_layers[i](z + weights[i] * tap)
+            if keep is not None:
+                mask = F.interpolate(keep.to(tap.dtype), size=tap.shape[-2:], mode="nearest")
+            z = self.bottleneck_layers[i](_masked(z + weights[i] * tap, mask), mask)
             z = self.downsample_layers[i](z)
-        pooled = self.last_stage(z).mean(dim=(-2, -1))
+            if mask is not None:  # a coarser cell is visible when any of its four is
+                mask = F.max_pool2d(mask, 2, 2)
+                z = z * mask
+        z = self.last_stage(z, mask)
+        if mask is None:
+            pooled = z.mean(dim=(-2, -1))
+        else:
+            pooled = z.sum(dim=(-2, -1)) / mask.sum(dim=(-2, -1)).clamp_min(1.0)
         return self.fc(pooled), pooled

@@ -80,6 +80,7 @@ class MaskDCPT(nn.Module):
         mask_ratio: float = 0.5,
         patch_size: int | None = None,
         rec_residual: bool = True,
+        sparse_classifier: bool = True,
     ):
         super().__init__()
         stride = int(backbone.stride)
@@ -98,6 +99,8 @@ class MaskDCPT(nn.Module):
         self.head = head if head is not None else ReconstructionHead(backbone, residual=rec_residual)
         self.mask_ratio = float(mask_ratio)
         self.patch_size = patch_size
+        # the classifier sees the keep map: statistics and pooling over visible positions only
+        self.sparse_classifier = sparse_classifier
 
     def draw_keep(self, batch: int, grid: tuple[int, int], device: torch.device,
                   generator: torch.Generator | None = None) -> torch.Tensor:
@@ -123,7 +126,7 @@ class MaskDCPT(nn.Module):
         if self.mask_ratio == 0 and bool((keep == 1).all()):
             backbone_keep = None  # nothing hidden: run the dense path (same function, fewer multiplies)
         feat, taps = self.backbone.forward_features(padded, backbone_keep)
-        logits, pooled = self.classifier(taps)
+        logits, pooled = self.classifier(taps, backbone_keep if self.sparse_classifier else None)
         visible = padded if backbone_keep is None else padded * _pixel_keep(keep, self.patch_size)
         reconstruction = self.head(feat, visible)[..., :h, :w]
         return MaskDCPTOutput(reconstruction, logits, pooled, keep, self.patch_size)
@@ -141,6 +144,7 @@ def build_maskdcpt(
     patch_size: int | None = None,
     rec_residual: bool = True,
     classifier_norm: str = "batch",
+    sparse_classifier: bool = True,
     **overrides,
 ) -> MaskDCPT:
     """A masked ``model_name`` backbone (constructor ``overrides`` applied), a classifier on its taps (``"batch"``
@@ -148,4 +152,5 @@ def build_maskdcpt(
     backbone = create_model(model_name, masked=True, **overrides)
     classifier = DegradationClassifier(backbone.tap_dims, num_classes=num_classes,
                                        tap_downsample=backbone.tap_downsample, norm=classifier_norm)
-    return MaskDCPT(backbone, classifier, mask_ratio=mask_ratio, patch_size=patch_size, rec_residual=rec_residual)
+    return MaskDCPT(backbone, classifier, mask_ratio=mask_ratio, patch_size=patch_size, rec_residual=rec_residual,
+                    sparse_classifier=sparse_classifier)

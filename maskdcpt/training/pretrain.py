@@ -50,6 +50,7 @@ class ModelConfig:
     # "layer": the release's classifier (see models/classifier.py); fixed: BatchNorm adds running statistics
     classifier_norm: Literal["batch", "layer"] = fixed_field("batch")
     zero_init_head: bool = True  # the output projection starts at 0: the reconstruction starts as the visible input
+    sparse_classifier: bool = True  # the classifier normalises and pools the visible positions only
     kwargs: dict[str, Any] = fixed_field(default_factory=dict)  # overrides of the backbone factory
 
 
@@ -156,7 +157,8 @@ class PretrainTask(Task):
         self.cfg, self.dist = cfg, dist
         m = cfg.model
         self.model = build_maskdcpt(m.name, num_classes=num_classes(cfg), mask_ratio=m.mask_ratio, patch_size=m.patch_size,
-                                    rec_residual=m.rec_residual, classifier_norm=m.classifier_norm, **m.kwargs)
+                                    rec_residual=m.rec_residual, classifier_norm=m.classifier_norm,
+                                    sparse_classifier=m.sparse_classifier, **m.kwargs)
         if m.zero_init_head:
             self.model.backbone.zero_init_head()
         loss = cfg.loss

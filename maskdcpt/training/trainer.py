@@ -243,6 +243,8 @@ class Trainer:
         self.dist = dist_info
         self.val_every = int(val_every)
         self.best_value: float | None = None
+        self.elapsed_before = 0.0
+        self._started = time.perf_counter()
         self.device = resolve_device(cfg.device)
         self.autocast_dtype = None
         if cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"):
@@ -288,6 +290,7 @@ class Trainer:
             "rng": rng_state(),
             "bad_in_row": self.bad_in_row,
             "skipped": self.skipped,
+            "elapsed_s": self.elapsed_before + (time.perf_counter() - self._started),
             "world_size": self.dist.world_size,
             "best_value": self.best_value,
         }
@@ -322,6 +325,8 @@ class Trainer:
         self.bad_in_row = int(state.get("bad_in_row", 0))
         self.skipped = int(state.get("skipped", 0))
         self.best_value = state.get("best_value")
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))  # wall time of the earlier sessions of this run
+        self._started = time.perf_counter()
 
     def maybe_resume(self, resume: bool | str) -> None:
         """resume: "auto" (from run_dir/checkpoints/last.ckpt if present), True (must exist),
@@ -434,6 +439,8 @@ class Trainer:
                 self.loader.log_skips()
         if self.dist.is_main:
             self.task.export(self.run_dir)
+        if self.dist.enabled:
+            torch.distributed.barrier()  # every rank returns once the run's products exist
         metrics = self._final_metrics(last_logged)
         self.logger.close()
         return metrics
@@ -522,7 +529,8 @@ class Trainer:
         return out
 
     def _final_metrics(self, logged: dict[str, float]) -> dict[str, Any]:
-        metrics = {"step": self.step, "skipped_steps": self.skipped, **logged}
+        wall = round(self.elapsed_before + (time.perf_counter() - self._started), 2)
+        metrics = {"step": self.step, "skipped_steps": self.skipped, "wall_s": wall, **logged}
         if self.dist.is_main:
             path = self.run_dir / "metrics.json"
             if logged or not path.exists():
