@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from maskdcpt.errors import ConfigError, MissingFileError
 from maskdcpt.evaluation import lpips as lpips_module
 from maskdcpt.evaluation.benchmarks import (BENCHMARKS, bayer_demosaic, evaluate_benchmark, find_benchmark,
                                             gaussian_noise, jpeg)
@@ -163,9 +164,9 @@ def test_12d_layouts_nested_sets_and_unpublished_tasks(tmp_path):
 
 
 def test_benchmark_errors(tmp_path):
-    with pytest.raises(ValueError, match="unknown benchmark '7d'; known: 5d, 12d"):
+    with pytest.raises(ConfigError, match="unknown benchmark '7d'; known: 5d, 12d"):
         find_benchmark("7d", tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         find_benchmark("5d", tmp_path / "nowhere")
-    with pytest.raises(ValueError, match=r"no test set of benchmark 5d found under .*\nSOTS-outdoor \(Dehaze\)"):
+    with pytest.raises(MissingFileError, match=r"no test set of benchmark 5d found under .*\nSOTS-outdoor \(Dehaze\)"):
         evaluate_benchmark(Brighten(), "5d", tmp_path, log=lambda s: None)

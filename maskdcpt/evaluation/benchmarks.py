@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..errors import ConfigError, MissingFileError
 from .evaluate import EvalConfig, EvalResult, TaskData, evaluate
 from .restore import IMAGE_SUFFIXES
 
@@ -280,7 +281,7 @@ def get_benchmark(benchmark: str | Benchmark) -> Benchmark:
     if isinstance(benchmark, Benchmark):
         return benchmark
     if benchmark.lower() not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
+        raise ConfigError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
     return BENCHMARKS[benchmark.lower()]
 
 
@@ -342,7 +343,7 @@ def evaluate_benchmark(model: nn.Module, benchmark: str | Benchmark, root: str |
     for message in missing:
         log(f"missing: {message}")
     if not tasks:
-        raise ValueError(f"no test set of benchmark {bench.name} found under {root}:\n" + "\n".join(missing))
+        raise MissingFileError(f"no test set of benchmark {bench.name} found under {root}:\n" + "\n".join(missing))
     result = evaluate(model, tasks, out_dir=out_dir, config=config, device=device, progress=progress, log=log)
     result.notes += [f"missing: {m}" for m in missing]
     summary = benchmark_summary(bench, result)

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from ..config import load_config, ranged
-from ..errors import DataError, MissingFileError
+from ..errors import ConfigError, DataError, MissingFileError
 from .metrics import psnr, ssim
 from .restore import list_images, read_rgb, restore_image, with_prior, write_rgb
 
@@ -72,9 +72,9 @@ class EvalConfig:
 
     def __post_init__(self):
         if self.data_range not in ("float", "uint8"):
-            raise ValueError(f"data_range must be 'float' or 'uint8', got {self.data_range!r}")
+            raise ConfigError(f"data_range must be 'float' or 'uint8', got {self.data_range!r}")
         if self.crop_border < 0:
-            raise ValueError(f"crop_border must be >= 0, got {self.crop_border}")
+            raise ConfigError(f"crop_border must be >= 0, got {self.crop_border}")
 
 
 @dataclass
@@ -136,11 +136,11 @@ class TaskFile:
 
     def __post_init__(self):
         if not self.tasks:
-            raise ValueError("tasks: expected a non-empty list of {name, lq, gt}")
+            raise ConfigError("tasks: expected a non-empty list of {name, lq, gt}")
         seen = set()
         for i, task in enumerate(self.tasks):
             if task.name in seen:
-                raise ValueError(f"tasks[{i}].name: task name {task.name!r} appears twice")
+                raise ConfigError(f"tasks[{i}].name: task name {task.name!r} appears twice")
             seen.add(task.name)
 
 

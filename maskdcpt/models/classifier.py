@@ -13,9 +13,10 @@ vector to unit variance and so discards the per-position energy that tells noise
 LayerNorm classifier fed with an image pyramid stayed at the chance loss (2.95 after 250 steps) where BatchNorm
 learned like a plain CNN (2.70, the CNN 2.73). Pre-training therefore uses ``"batch"`` unless asked otherwise.
 
-Sparse awareness: none, on purpose. In MaskDCPT the taps are masked features whose hidden positions are exactly 0,
-so they carry no information about hidden content; the classifier makes one global decision per image and may mix
-visible and (zero) hidden positions freely without leaking anything.
+Sparse awareness (``forward(taps, keep)``): with the backbone's keep map the classifier's BatchNorm statistics,
+convolutions and final average see the visible positions only (SparK's sparse BatchNorm, :class:`MaskedBatchNorm2d`):
+a masked image is then classified from its visible part instead of from a patchwork of content and zeros whose
+statistics change with the mask ratio. Without a keep map (dense use, evaluation) it is the plain classifier.
 """
 from __future__ import annotations
 
