@@ -114,3 +114,43 @@ def test_bad_taps_are_value_errors_naming_the_tap():
         model([torch.randn(1, 8, 16, 16), torch.randn(1, 16, 16, 16)])
     with pytest.raises(ValueError):
         DegradationClassifier([], num_classes=3)
+
+
+def test_masked_batchnorm_takes_its_statistics_from_visible_positions_only():
+    from maskdcpt.models.classifier import MaskedBatchNorm2d
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 6, 6)
+    mask = (torch.rand(4, 1, 6, 6) > 0.5).float()
+    bn = MaskedBatchNorm2d(3, momentum=1.0).train()
+    y = bn(x, mask)
+    visible = x.permute(1, 0, 2, 3)[:, mask[:, 0].bool()]  # (C, n visible)
+    mean, var = visible.mean(1), visible.var(1, unbiased=False)
+    assert torch.allclose(y.permute(1, 0, 2, 3)[:, mask[:, 0].bool()],
+                          (visible - mean[:, None]) / torch.sqrt(var[:, None] + bn.eps), atol=1e-5)
+    # momentum 1: the running statistics are exactly this batch's visible ones (variance unbiased, as BatchNorm)
+    assert torch.allclose(bn.running_mean, mean, atol=1e-6)
+    assert torch.allclose(bn.running_var, visible.var(1, unbiased=True), atol=1e-5)
+    # without a mask, or in eval mode, it is nn.BatchNorm2d
+    ref = torch.nn.BatchNorm2d(3).train()
+    assert torch.allclose(MaskedBatchNorm2d(3).train()(x), ref(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_sparse_classifier_ignores_what_the_keep_map_hides(norm):
+    """With a keep map, the logits depend on visible positions only: changing hidden tap values (which a masked
+    backbone sets to 0, but the classifier must not rely on it) leaves them unchanged, also in training mode."""
+    torch.manual_seed(0)
+    dims = [4, 8, 16]
+    clf = DegradationClassifier(dims, 5, norm=norm).train()
+    keep = (torch.rand(3, 1, 2, 2) > 0.5).float()
+    keep[:, :, 0, 0] = 1  # every image keeps something
+    taps = [torch.randn(3, d, 16 >> i, 16 >> i) for i, d in enumerate(dims)]
+    other = []
+    for tap in taps:
+        hidden = 1 - torch.nn.functional.interpolate(keep, size=tap.shape[-2:], mode="nearest")
+        other.append(tap + 5 * torch.randn_like(tap) * hidden)
+    a_logits, a_pooled = clf(taps, keep)
+    b_logits, b_pooled = clf(other, keep)
+    assert torch.allclose(a_logits, b_logits, atol=1e-5) and torch.allclose(a_pooled, b_pooled, atol=1e-5)
+    assert not torch.allclose(clf(taps)[0], clf(other)[0], atol=1e-3)  # without the keep map they matter
