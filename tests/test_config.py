@@ -118,13 +118,15 @@ def test_a_yaml_syntax_error_names_file_line_and_column(tmp_path):
 
 
 def test_a_section_given_in_part_keeps_the_rest_of_its_own_default():
-    # These fell back to the class defaults: fine-tuning lost its gradient clipping (0.01) and its 5D task set
-    # as soon as any other optim / data key was given; pre-training its demo learning rate.
-    assert load_finetune_config(None, ["optim.lr=1e-3"]).optim.grad_clip == 0.01
+    # These fell back to the class defaults: fine-tuning lost its warm-up and its 5D task set as soon as any
+    # other optim / data key was given; pre-training its demo learning rates and crops.
+    assert load_finetune_config(None, ["optim.lr=1e-4"]).optim.warmup_steps == 20
     engine = load_finetune_config(None, ["data.crop_size=64"]).data.engine
     assert engine.type_names == load_finetune_config().data.engine.type_names == \
         ["noise", "motion_blur", "haze", "rain_streaks", "low_light"]
     assert engine.params["noise"]["sigma"] == [15.0, 50.0]
     demo = load_pretrain_config(None, ["optim.warmup_steps=2"]).optim
-    assert (demo.lr, demo.classifier_lr, demo.warmup_steps) == (2e-3, 1e-3, 2)
+    assert (demo.lr, demo.classifier_lr, demo.warmup_steps) == (5e-4, 2e-3, 2)
+    data = load_pretrain_config(None, ["data.crops_per_image=2"]).data
+    assert (data.crop_size, data.crops_per_image, data.engine.level_range) == (32, 2, (0.1, 1.0))
     assert load_finetune_config(None, ["data.engine.types=[haze]"]).data.engine.type_names == ["haze"]

@@ -120,7 +120,7 @@ class _Repeat:
 
 def test_loss_falls_when_overfitting_one_batch(tmp_path):
     batch = _fixed_batch()
-    trainer, task = _trainer(tmp_path, ["optim.lr=2e-3", "optim.classifier_lr=2e-3", "loss.rec_region=visible"], batch, 40)
+    trainer, task = _trainer(tmp_path, ["optim.lr=2e-3", "optim.classifier_lr=2e-3", "loss.rec_region=visible"], batch, 60)
     first = task.step(task.model, batch, 0).terms
     trainer.fit(resume=False)
     last = task.step(task.model, batch, 0).terms
@@ -310,7 +310,7 @@ def test_a_resume_refuses_a_changed_model_or_data_shape_and_records_benign_chang
         record_config(new, run, runlog, [])
     assert len(list((run / "config_history").iterdir())) == 1
     assert config_changes(load_pretrain_config(None, ["model.mask_ratio=0.75"]), run, "auto") == [
-        ("model.mask_ratio", 0.5, 0.75), ("train.checkpoint_every", 10, 50), ("train.max_steps", 110, 300)]
+        ("model.mask_ratio", 0.5, 0.75), ("train.checkpoint_every", 10, 50), ("train.max_steps", 110, 260)]
 
 
 def _free_port():

@@ -23,7 +23,7 @@ from ..data.config import DataConfig
 from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
 from ..evaluation.metrics import psnr_torch, ssim_torch
 from ..models import create_model
-from ..models.checkpoint import RESTORER_FORMAT, load_pretrained, save_restorer
+from ..models.checkpoint import RESTORER_FORMAT, load_pretrained, read_metadata, save_restorer
 from ..models.prior import add_prior_channels
 from .distributed import DistInfo
 from .ema import ModelEMA
@@ -79,6 +79,11 @@ class FinetuneConfig:
     # wrapper key of a release .pth; None: the model's release key (default_cfg.param_key; SwinIR 'params',
     # the others 'params_ema'), falling back to the other wrapper
     pretrained_key: str | None = None
+    # The output projection after loading pre-trained weights: None (auto) sets it to zero unless the file says it
+    # is a restorer (format maskdcpt-restorer), so that fine-tuning from pre-training starts exactly as the identity
+    # (a pre-training head was trained on masked inputs; a release's predicts the image without the input
+    # residual); true always, false never (continue from a restorer's own head).
+    reset_head: bool | None = None
     ema_decay: float = ranged(0.999, ge=0, le=1)
     ema_warmup: bool = True  # the effective decay grows with the step (see training/ema.py)
     optim: OptimConfig = field(default_factory=_finetune_optim)
@@ -131,6 +136,13 @@ def load_pretrained_weights(model: nn.Module, spec: str, key: str | None = None)
     return "\n".join(lines)
 
 
+def _resets_head(cfg: FinetuneConfig) -> bool:
+    if cfg.reset_head is not None:
+        return cfg.reset_head
+    path = _pretrained_file(cfg.pretrained)
+    return path.suffix != ".safetensors" or read_metadata(path).get("format") != RESTORER_FORMAT
+
+
 def build_restorer(cfg: FinetuneConfig) -> nn.Module:
     model = create_model(cfg.model.name, **cfg.model.kwargs)
     return add_prior_channels(model, cfg.model.prior_channels)
@@ -142,9 +154,13 @@ class FinetuneTask(Task):
     def __init__(self, cfg: FinetuneConfig, dist: DistInfo):
         self.cfg = cfg
         self.model = build_restorer(cfg)
-        if cfg.model.zero_init_head and cfg.pretrained.lower() == "none":
-            self.model.zero_init_head()
         self.report = load_pretrained_weights(self.model, cfg.pretrained, cfg.pretrained_key)
+        if cfg.pretrained.lower() == "none":
+            if cfg.model.zero_init_head:
+                self.model.zero_init_head()
+        elif _resets_head(cfg):
+            self.model.zero_init_head()
+            self.report += f"\noutput projection {self.model.head_name!r} set to zero: fine-tuning starts as the identity"
         self.ema = ModelEMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
         self._val_set: ValidationSet | None = None
 
