@@ -6,6 +6,7 @@ Tests import them as ``from conftest import ...``: ``tests/`` has no ``__init__.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -89,3 +90,13 @@ def last_weights(run: str | Path) -> dict[str, torch.Tensor]:
 def visible(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Boolean (B, C, H, W) selector of t's visible positions under the keep map (B, 1, h, w)."""
     return F.interpolate(keep, size=t.shape[-2:], mode="nearest").bool().expand_as(t)
+
+
+# The IQA test images and the reference values computed once from BasicSR and pyiqa (tests/data/iqa/make_reference.py)
+IQA_DATA = Path(__file__).parent / "data" / "iqa"
+IQA_REFERENCE = json.loads((IQA_DATA / "reference.json").read_text())
+
+
+def iqa_image(name: str) -> np.ndarray:
+    """An image of tests/data/iqa as RGB uint8."""
+    return np.ascontiguousarray(cv2.imread(str(IQA_DATA / name), cv2.IMREAD_COLOR)[..., ::-1])

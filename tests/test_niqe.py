@@ -1,6 +1,4 @@
-import json
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,12 +9,7 @@ from maskdcpt.evaluation.imresize import imresize, resize_matrix
 from maskdcpt.evaluation.niqe import (DEFAULT_PRISTINE_PATH, PristineModel, fit_aggd, fit_pristine_model,
                                      load_pristine_model, niqe, to_luma)
 
-DATA = Path(__file__).parent / "data" / "iqa"
-REFERENCE = json.loads((DATA / "reference.json").read_text())
-
-
-def _rgb(name: str) -> np.ndarray:
-    return np.ascontiguousarray(cv2.imread(str(DATA / name), cv2.IMREAD_COLOR)[..., ::-1])
+from conftest import IQA_DATA as DATA, IQA_REFERENCE as REFERENCE, iqa_image as _rgb
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE["images"]))

@@ -1,7 +1,4 @@
-import json
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,12 +6,7 @@ import torch
 from maskdcpt.evaluation import piqe
 from maskdcpt.evaluation.piqe import _gray_levels
 
-DATA = Path(__file__).parent / "data" / "iqa"
-REFERENCE = json.loads((DATA / "reference.json").read_text())
-
-
-def _rgb(name: str) -> np.ndarray:
-    return np.ascontiguousarray(cv2.imread(str(DATA / name), cv2.IMREAD_COLOR)[..., ::-1])
+from conftest import IQA_DATA as DATA, IQA_REFERENCE as REFERENCE, iqa_image as _rgb
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE["images"]))

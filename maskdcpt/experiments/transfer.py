@@ -35,7 +35,8 @@ from typing import Any, Literal, Sequence
 
 import yaml
 
-from ..config import format_override, load_config, save_config, to_dict
+from ..config import check_ranges, format_override, load_config, ranged, save_config, to_dict
+from ..errors import ConfigError
 from ..data.validation import ValConfig
 from ..launch.launcher import LaunchOptions, build_executor, remove_unexpanded_folder
 from ..training.finetune import FinetuneConfig, load_finetune_config
@@ -133,11 +134,11 @@ class TransferConfig:
 
     model: str = "nafnet_tiny"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    crop_size: int = 64
-    batch_size: int = 16
+    crop_size: int = ranged(64, ge=32)
+    batch_size: int = ranged(16, ge=1)
     seed: int = 0
-    pretrain_steps: int = 600
-    finetune_steps: int = 400
+    pretrain_steps: int = ranged(600, ge=1)
+    finetune_steps: int = ranged(400, ge=1)
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     common: list[str] = field(default_factory=list)
     pretrain: list[str] = field(default_factory=list)
@@ -149,25 +150,21 @@ class TransferConfig:
     def __post_init__(self) -> None:
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown:
-            raise ValueError(f"arms: unknown arm {unknown[0]!r}; known arms: {', '.join(ARMS)}")
+            raise ConfigError(f"arms: unknown arm {unknown[0]!r}; known arms: {', '.join(ARMS)}")
         if not self.arms or len(set(self.arms)) != len(self.arms):
-            raise ValueError(f"arms: give each arm once, at least one; got {self.arms}")
-        for key in ("pretrain_steps", "finetune_steps", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.crop_size < 32:
-            raise ValueError(f"crop_size must be >= 32, got {self.crop_size}")
+            raise ConfigError(f"arms: give each arm once, at least one; got {self.arms}")
+        check_ranges(self, "")
         for section in ("common", "pretrain", "finetune"):
             for item in getattr(self, section):
                 key = item.split("=", 1)[0].strip()
                 if "=" not in item:
-                    raise ValueError(f"{section}: {item!r} is not a key=value override")
+                    raise ConfigError(f"{section}: {item!r} is not a key=value override")
                 if any(key == k or key.startswith(k + ".") for k in OWNED_KEYS):
-                    raise ValueError(f"{section}: {key!r} is set by the experiment itself for every run; use its own "
+                    raise ConfigError(f"{section}: {key!r} is set by the experiment itself for every run; use its own "
                                      "field (model, model_kwargs, crop_size, batch_size, seed, pretrain_steps, "
                                      "finetune_steps, val, pretrain_val)")
         if not self.val.enabled:
-            raise ValueError("val.every must be > 0: the held-out curve is the experiment's result")
+            raise ConfigError("val.every must be > 0: the held-out curve is the experiment's result")
 
 
 @dataclass
