@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 import torch
@@ -6,7 +5,7 @@ import torch
 from maskdcpt.evaluation import piqe
 from maskdcpt.evaluation.piqe import _gray_levels
 
-from conftest import IQA_DATA as DATA, IQA_REFERENCE as REFERENCE, iqa_image as _rgb
+from conftest import IQA_REFERENCE as REFERENCE, iqa_image as _rgb
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE["images"]))
