@@ -126,7 +126,7 @@ def test_a_section_given_in_part_keeps_the_rest_of_its_own_default():
         ["noise", "motion_blur", "haze", "rain_streaks", "low_light"]
     assert engine.params["noise"]["sigma"] == [15.0, 50.0]
     demo = load_pretrain_config(None, ["optim.warmup_steps=2"]).optim
-    assert (demo.lr, demo.classifier_lr, demo.warmup_steps) == (5e-4, 2e-3, 2)
+    assert (demo.lr, demo.classifier_lr, demo.warmup_steps) == (5e-4, 5e-3, 2)
     data = load_pretrain_config(None, ["data.crops_per_image=2"]).data
     assert (data.crop_size, data.crops_per_image, data.engine.level_range) == (32, 2, (0.1, 1.0))
     assert load_finetune_config(None, ["data.engine.types=[haze]"]).data.engine.type_names == ["haze"]

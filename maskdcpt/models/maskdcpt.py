@@ -144,13 +144,15 @@ def build_maskdcpt(
     patch_size: int | None = None,
     rec_residual: bool = True,
     classifier_norm: str = "batch",
+    classifier_blocks: int = 2,
     sparse_classifier: bool = True,
     **overrides,
 ) -> MaskDCPT:
     """A masked ``model_name`` backbone (constructor ``overrides`` applied), a classifier on its taps (``"batch"``
-    or the release's ``"layer"`` norm, see :mod:`.classifier`) and the default reconstruction head."""
+    or the release's ``"layer"`` norm, see :mod:`.classifier`; ``classifier_blocks`` bottlenecks per level, the
+    releases' 2) and the default reconstruction head."""
     backbone = create_model(model_name, masked=True, **overrides)
     classifier = DegradationClassifier(backbone.tap_dims, num_classes=num_classes,
-                                       tap_downsample=backbone.tap_downsample, norm=classifier_norm)
+                                       num_res_blocks=classifier_blocks, tap_downsample=backbone.tap_downsample, norm=classifier_norm)
     return MaskDCPT(backbone, classifier, mask_ratio=mask_ratio, patch_size=patch_size, rec_residual=rec_residual,
                     sparse_classifier=sparse_classifier)
