@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +155,18 @@ def test_sparse_classifier_ignores_what_the_keep_map_hides(norm):
     b_logits, b_pooled = clf(other, keep)
     assert torch.allclose(a_logits, b_logits, atol=1e-5) and torch.allclose(a_pooled, b_pooled, atol=1e-5)
     assert not torch.allclose(clf(taps)[0], clf(other)[0], atol=1e-3)  # without the keep map they matter
+
+
+def test_the_release_recipes_keep_two_blocks_per_level_and_the_cpu_default_has_one():
+    from maskdcpt.models import build_maskdcpt
+    from maskdcpt.training.pretrain import load_pretrain_config
+
+    recipes = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+    for name in ("nafnet", "restormer", "promptir", "swinir"):
+        assert load_pretrain_config(recipes / f"{name}_uir.yaml").model.classifier_blocks == 2, name
+    cfg = load_pretrain_config()
+    assert cfg.model.classifier_blocks == 1
+    model = build_maskdcpt(cfg.model.name, classifier_blocks=cfg.model.classifier_blocks)
+    dims = list(model.backbone.tap_dims)
+    shapes = {k: tuple(v.shape) for k, v in model.classifier.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert shapes == _release_layout(dims, 19, blocks=1)

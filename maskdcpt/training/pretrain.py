@@ -79,7 +79,7 @@ def _demo_optim() -> OptimConfig:
 
 
 def _demo_train() -> TrainConfig:
-    return TrainConfig(max_steps=360, batch_size=64, log_every=20, image_every=180, checkpoint_every=50)
+    return TrainConfig(max_steps=340, batch_size=64, log_every=20, image_every=170, checkpoint_every=50)
 
 
 def _demo_data() -> DataConfig:
@@ -92,7 +92,7 @@ def _demo_data() -> DataConfig:
 def _demo_val() -> ValConfig:
     # the held-out photos in every type, classified on 128² crops (more evidence than a 32² training crop); each
     # validation of 228 crops costs about 15 s on 2 cores, so the 5-minute run validates at its start and end
-    return ValConfig(every=360, samples_per_task=12, crop_size=128)
+    return ValConfig(every=340, samples_per_task=12, crop_size=128)
 
 
 @dataclass
