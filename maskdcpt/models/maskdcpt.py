@@ -152,7 +152,7 @@ def build_maskdcpt(
     or the release's ``"layer"`` norm, see :mod:`.classifier`; ``classifier_blocks`` bottlenecks per level, the
     releases' 2) and the default reconstruction head."""
     backbone = create_model(model_name, masked=True, **overrides)
-    classifier = DegradationClassifier(backbone.tap_dims, num_classes=num_classes,
-                                       num_res_blocks=classifier_blocks, tap_downsample=backbone.tap_downsample, norm=classifier_norm)
+    classifier = DegradationClassifier(backbone.tap_dims, num_classes=num_classes, num_res_blocks=classifier_blocks,
+                                       tap_downsample=backbone.tap_downsample, norm=classifier_norm)
     return MaskDCPT(backbone, classifier, mask_ratio=mask_ratio, patch_size=patch_size, rec_residual=rec_residual,
                     sparse_classifier=sparse_classifier)
