@@ -340,7 +340,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically: a run killed meanwhile keeps the previous file)."""
-    from .models.checkpoint import atomic_write
+    from .io import atomic_write
 
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskdcpt.models import create_model, load_pretrained, load_restorer, read_state_dict, save_weights
 from maskdcpt.errors import CheckpointError
-from maskdcpt.models.checkpoint import atomic_write, read_metadata, remove_stale_temporaries, unwrap_state_dict
+from maskdcpt.io import atomic_write, read_metadata, read_state_dict, remove_stale_temporaries, save_weights, unwrap_state_dict
+from maskdcpt.models import create_model, load_pretrained, load_restorer
 from maskdcpt.models.nafnet import checkpoint_filter_fn
 from maskdcpt.training.checkpoint import load_state, save_state
 from maskdcpt.training.finetune import load_pretrained_weights
@@ -317,4 +317,4 @@ def test_layering_models_import_nothing_of_training_and_training_nothing_of_eval
 
 def test_torch_load_lives_in_one_module():
     users = sorted(str(f.relative_to(ROOT)) for f in (ROOT / "maskdcpt").rglob("*.py") if "torch.load(" in f.read_text())
-    assert users == ["maskdcpt/models/checkpoint.py"]
+    assert users == ["maskdcpt/io.py"]

@@ -1,6 +1,6 @@
 """Backbones (dense and masked), the degradation classifier, the MaskDCPT wrapper and weight files."""
 from .base import Backbone
-from .checkpoint import LoadReport, load_pretrained, load_restorer, read_state_dict, save_restorer, save_weights
+from .checkpoint import LoadReport, load_pretrained, load_restorer, save_restorer
 from .classifier import DegradationClassifier
 from .maskdcpt import MaskDCPT, MaskDCPTOutput, ReconstructionHead, build_maskdcpt
 from .registry import ModelCfg, create_model, get_model_cfg, list_models, register_model
@@ -14,9 +14,7 @@ __all__ = [
     "register_model",
     "load_pretrained",
     "load_restorer",
-    "read_state_dict",
     "save_restorer",
-    "save_weights",
     "LoadReport",
     "MaskDCPT",
     "MaskDCPTOutput",

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CheckpointError, MissingFileError
-from ..models.checkpoint import ENCODER_FORMAT, save_weights
+from ..io import save_weights
+from ..models.checkpoint import ENCODER_FORMAT
 from .checkpoint import load_state
 
 

@@ -22,8 +22,9 @@ from ..errors import CheckpointError, ConfigError
 from ..data.config import DataConfig
 from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
 from ..evaluation.metrics import psnr_torch, ssim_torch
+from ..io import read_metadata
 from ..models import create_model
-from ..models.checkpoint import RESTORER_FORMAT, load_pretrained, read_metadata, save_restorer
+from ..models.checkpoint import RESTORER_FORMAT, load_pretrained, save_restorer
 from ..models.prior import add_prior_channels
 from .distributed import DistInfo
 from .ema import ModelEMA

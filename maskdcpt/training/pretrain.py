@@ -23,8 +23,9 @@ from ..errors import ConfigError
 from ..data.config import DataConfig
 from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
 from ..losses import focal_loss, masked_l1, supervised_contrastive_loss
+from ..io import save_weights
 from ..models import build_maskdcpt
-from ..models.checkpoint import ENCODER_FORMAT, save_weights
+from ..models.checkpoint import ENCODER_FORMAT
 from ..models.maskdcpt import MaskDCPTOutput
 from ..models.masking import random_keep_map
 from .distributed import DistInfo, gather_with_grad

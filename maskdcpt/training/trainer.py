@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..config import ranged
 from ..errors import CheckpointError, ConfigError, MissingFileError
-from ..models.checkpoint import remove_stale_temporaries, save_weights
+from ..io import remove_stale_temporaries, save_weights
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
 from .distributed import DistInfo, all_reduce_mean, all_reduce_sum
 from .logging import RunLog, TensorBoardLogger
