@@ -231,12 +231,13 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config dict (``to_dict``'s) → ``{"train.max_steps": 300, …}``; lists stay values."""
+def flatten(data: Any, prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """A nested dict (a config's ``to_dict``, metrics) → ``{"train.max_steps": 300, …}``, keys joined by ``sep``;
+    lists and empty mappings stay values (callers that want only some leaves filter the result)."""
     if isinstance(data, Mapping) and data:
         out: dict[str, Any] = {}
         for key, value in data.items():
-            out.update(flatten(value, _join(prefix, str(key))))
+            out.update(flatten(value, f"{prefix}{sep}{key}" if prefix else str(key), sep))
         return out
     return {prefix: data}
 
@@ -339,8 +340,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically: a run killed meanwhile keeps the previous file)."""
+    """Write the resolved config (a config dataclass, or its ``to_dict``) as YAML (atomically: a run killed
+    meanwhile keeps the previous file)."""
     from .io import atomic_write
 
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    text = yaml.safe_dump(cfg if isinstance(cfg, Mapping) else to_dict(cfg), sort_keys=False)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

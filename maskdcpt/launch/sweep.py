@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from maskdcpt.config import build_config, format_override, format_value, load_config
+from maskdcpt.config import build_config, flatten, format_override, format_value, load_config
 from maskdcpt.launch.launcher import LaunchOptions, add_launcher_args, build_executor, remove_unexpanded_folder
 from maskdcpt.launch.submitit_job import TrainingJob
 from maskdcpt.launch.targets import resolve_target
@@ -191,14 +191,10 @@ def squeue_state(job_id: str) -> str | None:
     return states[0] if states else "GONE"
 
 
-def _flatten(metrics: Any, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    if isinstance(metrics, dict):
-        for key, value in metrics.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-    elif isinstance(metrics, (int, float, str, bool)) or metrics is None:
-        flat[prefix[:-1]] = metrics
-    return flat  # lists (e.g. weights) are not table cells
+def _cells(metrics: Any) -> dict[str, Any]:
+    """The table cells of a run's metrics: dotted keys of its numbers, strings and flags (lists, e.g. weights, are
+    not cells)."""
+    return {k: v for k, v in flatten(metrics).items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
 def _last_line(path: Path) -> str:
@@ -214,7 +210,7 @@ def member_status(member: dict[str, Any], job_state: Callable[[str], str | None]
     metrics_path = Path(member["run_dir"]) / "metrics.json"
     if metrics_path.is_file():
         try:
-            return "done", "", _flatten(json.loads(metrics_path.read_text()))
+            return "done", "", _cells(json.loads(metrics_path.read_text()))
         except json.JSONDecodeError as err:
             return "failed", f"unreadable {metrics_path}: {err}", {}
     result = Path(member.get("result", ""))

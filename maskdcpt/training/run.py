@@ -9,7 +9,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import yaml
@@ -55,10 +55,12 @@ def _show(value: Any) -> str:
 _ABSENT = object()
 
 
-def config_changes(cfg: Any, out_dir: Path, resume: bool | str) -> list[tuple[str, Any, Any]]:
+def config_changes(cfg: Any, out_dir: Path, resume: bool | str,
+                   resolved: Mapping[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
     """What differs from the config a run in ``out_dir`` was trained with, when this start resumes it:
     [(dotted key, old, new)]. A change under a field marked ``fixed`` (the model, the data's shape) makes the
-    checkpoint meaningless: ``ConfigError`` naming it. Nothing when starting fresh or without a saved config."""
+    checkpoint meaningless: ``ConfigError`` naming it. Nothing when starting fresh or without a saved config.
+    ``resolved``: ``to_dict(cfg)`` when the caller has it already."""
     saved = out_dir / "config.yaml"
     resumes = resume is not False and (resume not in (True, "auto") or (out_dir / "checkpoints" / "last.ckpt").is_file())
     if not (resumes and saved.is_file()):
@@ -67,7 +69,7 @@ def config_changes(cfg: Any, out_dir: Path, resume: bool | str) -> list[tuple[st
         old = flatten(yaml.safe_load(saved.read_text()) or {})
     except yaml.YAMLError as err:
         raise ConfigError(f"{saved} is damaged ({err}); restore it, or start afresh with --no-resume") from None
-    new = flatten(to_dict(cfg))
+    new = flatten(to_dict(cfg) if resolved is None else resolved)
     changes = [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in sorted(set(old) | set(new))
                if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
     fixed = fixed_paths(type(cfg))
@@ -80,11 +82,14 @@ def config_changes(cfg: Any, out_dir: Path, resume: bool | str) -> list[tuple[st
     return changes
 
 
-def record_config(cfg: Any, out_dir: Path, runlog: RunLog, changes: list[tuple[str, Any, Any]]) -> None:
+def record_config(cfg: Any, out_dir: Path, runlog: RunLog, changes: list[tuple[str, Any, Any]],
+                  resolved: Mapping[str, Any] | None = None) -> None:
     """Rank 0: save the resolved config as ``config.yaml``; a different one already there moves to
-    ``config_history/config.N.yaml`` first, and the changes go to the log (warnings when resuming)."""
+    ``config_history/config.N.yaml`` first, and the changes go to the log (warnings when resuming).
+    ``resolved``: ``to_dict(cfg)`` when the caller has it already."""
     saved = out_dir / "config.yaml"
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    resolved = to_dict(cfg) if resolved is None else resolved
+    text = yaml.safe_dump(resolved, sort_keys=False)
     if saved.is_file() and saved.read_text() != text:
         history = out_dir / HISTORY
         history.mkdir(exist_ok=True)
@@ -95,17 +100,17 @@ def record_config(cfg: Any, out_dir: Path, runlog: RunLog, changes: list[tuple[s
                         kept.relative_to(out_dir), "; ".join(f"{k}: {_show(a)} → {_show(b)}" for k, a, b in changes))
         else:
             runlog.write(f"config.yaml replaced (starting afresh); the previous one is kept as {kept.relative_to(out_dir)}")
-    save_config(cfg, saved)
+    save_config(resolved, saved)
 
 
-def config_summary(cfg: Any) -> str:
+def config_summary(cfg: Any, resolved: Mapping[str, Any] | None = None) -> str:
     """The settings that differ from the defaults of ``cfg``'s class, as ``key=value`` (the full config is in
-    config.yaml)."""
+    config.yaml). ``resolved``: ``to_dict(cfg)`` when the caller has it already."""
     try:
         defaults = flatten(to_dict(type(cfg)()))
     except TypeError:  # a config class without defaults for everything
         defaults = {}
-    own = flatten(to_dict(cfg))
+    own = flatten(to_dict(cfg) if resolved is None else resolved)
     changed = [f"{k}={_show(v)}" for k, v in own.items() if defaults.get(k, _ABSENT) != v]
     return "config (besides the defaults; all in config.yaml): " + (" ".join(changed) or "the defaults")
 
@@ -127,15 +132,16 @@ def run_task(cfg: Any, out_dir: Path, make_task: Callable[[Any, DistInfo], Task]
     try:
         threads, why = configure_threads(cfg.train.threads, cfg.data.num_workers)
         torch.manual_seed(cfg.train.seed)  # model initialisation
-        changes = config_changes(cfg, out_dir, resume)  # every rank: all refuse alike
+        resolved = to_dict(cfg)  # once: compared with a resumed run's, summarised, saved
+        changes = config_changes(cfg, out_dir, resume, resolved)  # every rank: all refuse alike
         if dist.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             runlog = RunLog(out_dir / "log.txt")
             runlog.write(f"--- start on {socket.gethostname()}: "
                          f"rank 0 of {dist.world_size}, device {device}, {threads} CPU threads ({why}), "
                          f"torch {torch.__version__}")
-            runlog.write(config_summary(cfg))
-            record_config(cfg, out_dir, runlog, changes)
+            runlog.write(config_summary(cfg, resolved))
+            record_config(cfg, out_dir, runlog, changes, resolved)
         task = make_task(cfg, dist)
         if dist.is_main and announce is not None:
             runlog.say(announce(task))

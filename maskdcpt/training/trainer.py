@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ..config import ranged
+from ..config import flatten, ranged
 from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..io import remove_stale_temporaries, save_weights
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
@@ -463,8 +463,9 @@ class Trainer:
         result = {"step": self.step, **result, "seconds": round(time.perf_counter() - start, 2)}
         with open(self.val_log, "a") as f:
             f.write(json.dumps(result) + "\n")
-        self.logger.scalars({f"val/{k}": v for k, v in _flatten_numbers(result).items() if k not in ("step", "seconds")},
-                            self.step)
+        numbers = {k: float(v) for k, v in flatten(result, sep="/").items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "seconds")}
+        self.logger.scalars({f"val/{k}": v for k, v in numbers.items()}, self.step)
         self.task.log_validation(result, self.logger, self.step)
         line = f"val step {self.step}: {self.task.describe_validation(result)}"
         metric = self.task.best_metric
@@ -589,15 +590,3 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         return {k: float(all_reduce_mean(v, self.dist)) if torch.is_tensor(v) else float(v) for k, v in sums.items()}
-
-
-def _flatten_numbers(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """{"top1": 0.5, "per_type": {"noise": 0.9}} → {"top1": 0.5, "per_type/noise": 0.9}; non-numbers are left out."""
-    flat: dict[str, float] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten_numbers(value, name + "/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name] = float(value)
-    return flat
