@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from maskdcpt.errors import ConfigError
 from maskdcpt.models import build_maskdcpt, create_model, list_models
 from maskdcpt.models.masking import random_keep_map
 
@@ -64,7 +65,7 @@ def select_models(patterns: str) -> list[str]:
     for pattern in (p.strip() for p in patterns.split(",")):
         hits = [n for n in names if (fnmatch.fnmatch(n, pattern) if any(c in pattern for c in "*?[") else pattern in n)]
         if not hits:
-            raise ValueError(f"--models pattern {pattern!r} matches none of: {', '.join(names)}")
+            raise ConfigError(f"--models pattern {pattern!r} matches none of: {', '.join(names)}")
         chosen += [n for n in hits if n not in chosen]
     return chosen
 

@@ -30,7 +30,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from maskdcpt.cli import tool_main
 from maskdcpt.config import build_config, flatten, format_override, format_value, load_config
+from maskdcpt.errors import ConfigError
 from maskdcpt.launch.launcher import LaunchOptions, add_launcher_args, build_executor, remove_unexpanded_folder
 from maskdcpt.launch.submitit_job import TrainingJob
 from maskdcpt.launch.targets import resolve_target
@@ -141,7 +143,7 @@ def submit_sweep(spec: SweepSpec, sweep_dir: str | Path, opts: LaunchOptions, ex
                  spec_source: str | None = None) -> list[Any]:
     """Check every member's config, submit all as one job array, write the manifest; returns the jobs."""
     if opts.launcher not in ("slurm", "local"):
-        raise ValueError(f"a sweep runs as a job array: use --launcher slurm or local, not {opts.launcher!r}")
+        raise ConfigError(f"a sweep runs as a job array: use --launcher slurm or local, not {opts.launcher!r}")
     sweep_dir = Path(sweep_dir).resolve()
     target = resolve_target(spec.target)
     base_config = str(Path(spec.base_config).resolve()) if spec.base_config else None
@@ -238,7 +240,7 @@ def collect(sweep_dir: str | Path, job_state: Callable[[str], str | None] = sque
     sweep_dir = Path(sweep_dir)
     manifest_path = sweep_dir / MANIFEST
     if not manifest_path.is_file():
-        raise ValueError(f"{str(sweep_dir)!r} is not a sweep folder: no {MANIFEST}")
+        raise ConfigError(f"{str(sweep_dir)!r} is not a sweep folder: no {MANIFEST}")
     manifest = json.loads(manifest_path.read_text())
     rows = []
     for member in manifest["members"]:
@@ -272,6 +274,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+@tool_main
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Submit an ablation sweep as one job array, or collect its results (--collect SWEEP_DIR).")
@@ -284,11 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.set_defaults(launcher="slurm")
     # Overrides may come after options (``... --sweep-dir D train.max_steps=10``).
     args = parser.parse_intermixed_args(argv)
-    try:
-        return _run(parser, args)
-    except ValueError as err:  # bad sweep file, member config or folder: name it, no traceback
-        parser.error(str(err))
-        return 2
+    return _run(parser, args)
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
