@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from degradations import NUM_TYPES
+
 from maskdcpt.errors import ConfigError
 from maskdcpt.models import build_maskdcpt, create_model, list_models
 from maskdcpt.models.masking import random_keep_map
@@ -87,7 +89,7 @@ def parse_args(argv: list[str]) -> BenchConfig:
     p.add_argument("--fused", action="store_true", help="fused AdamW")
     p.add_argument("--no-tf32", dest="tf32", action="store_false", help="disable TF32 matmul/conv on CUDA")
     p.add_argument("--mask-ratio", type=float, default=0.5)
-    p.add_argument("--num-classes", type=int, default=19)
+    p.add_argument("--num-classes", type=int, default=NUM_TYPES)
     a = p.parse_args(argv)
     modes = [m for m in a.modes.split(",") if m]
     dtypes = [d for d in a.dtypes.split(",") if d]
