@@ -1,8 +1,7 @@
 """Weight files: release layouts, wrappers and prefixes, reports by name, refusal of executable pickles, atomic
-writes, and where the checkpoint code lives."""
+writes, and where the file code lives (the layering of the packages: tests/test_architecture.py)."""
 from __future__ import annotations
 
-import ast
 import os
 import pickle
 import stat
@@ -287,32 +286,6 @@ def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
     (tmp_path / ".hidden.tmp").write_bytes(b"not ours")  # not atomic_write's pattern
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden.tmp", "last.ckpt"]
-
-
-def _imports(file: Path) -> set[str]:
-    """The absolute module names ``file`` (in maskdcpt/) imports, relative imports resolved."""
-    package = list(file.relative_to(ROOT).with_suffix("").parts[:-1])
-    names = set()
-    for node in ast.walk(ast.parse(file.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            names.add(".".join([*base, *(node.module or "").split(".")]).strip("."))
-    return names
-
-
-@pytest.mark.parametrize("package, forbidden", [
-    ("models", ("maskdcpt.training", "maskdcpt.evaluation", "maskdcpt.launch", "maskdcpt.data")),
-    ("training", ("maskdcpt.evaluation", "maskdcpt.launch")),
-])
-def test_layering_models_import_nothing_of_training_and_training_nothing_of_evaluation(package, forbidden):
-    # training's validation computes PSNR/SSIM: the metric definitions are pure functions, the one part of
-    # evaluation below training; evaluation's restorer loading and tools stay above it
-    allowed = ("maskdcpt.evaluation.metrics",)
-    for file in sorted((ROOT / "maskdcpt" / package).glob("*.py")):
-        bad = sorted(n for n in _imports(file) if n.startswith(forbidden) and n not in allowed)
-        assert not bad, f"{file.relative_to(ROOT)} imports {bad}"
 
 
 def test_torch_load_lives_in_one_module():

@@ -3,7 +3,7 @@ whether it needs the ground truth. Evaluation scores every row (``tools/evaluate
 table order); fine-tuning's validation scores the rows that have a batched form (``batch``).
 
 Add a metric with one :func:`register_metric` call (a row below, or in a module of your own imported before the
-evaluation): see ARCHITECTURE.md, "Extending maskdcpt".
+evaluation): see docs/extending.md.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ outputs and the :class:`LossConfig` field holding its weight. The step sums ``we
 weight is above 0; a weight of 0 leaves its term out of the graph (the ablations of a sweep).
 
 Add a term here: its weight field in :class:`LossConfig` and its function under ``@register_loss_term`` (see
-ARCHITECTURE.md, "Extending maskdcpt").
+docs/extending.md).
 """
 from __future__ import annotations
 

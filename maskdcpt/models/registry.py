@@ -2,8 +2,8 @@
 default config (timm's ``default_cfgs``): what is known of a variant without building it.
 
 The registry imports no model file: the package's ``__init__`` imports every module of ``maskdcpt/models/``, whose
-``@register_model`` factories register themselves. A new backbone is one new file there (ARCHITECTURE.md,
-"Extending maskdcpt"); one defined elsewhere registers when its module is imported."""
+``@register_model`` factories register themselves. A new backbone is one new file there (docs/extending.md); one
+defined elsewhere registers when its module is imported."""
 from __future__ import annotations
 
 import sys
