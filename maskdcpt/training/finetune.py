@@ -23,8 +23,8 @@ from ..data.config import DataConfig
 from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
 from ..evaluation.metrics import psnr_from_mse
 from ..evaluation.registry import METRICS
-from ..losses import masked_l1
 from ..io import read_metadata
+from ..losses import masked_l1
 from ..models import create_model
 from ..models.checkpoint import RESTORER_FORMAT, load_pretrained, save_restorer
 from ..models.prior import add_prior_channels

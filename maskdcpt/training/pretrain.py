@@ -24,8 +24,8 @@ from ..errors import ConfigError
 from ..data.config import DataConfig
 from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
 from ..evaluation.metrics import psnr_from_mse
-from ..losses import LossConfig, LossInputs, check_weights, loss_weights, total_loss
 from ..io import save_weights
+from ..losses import LossConfig, LossInputs, check_weights, loss_weights, total_loss
 from ..models import build_maskdcpt
 from ..models.checkpoint import ENCODER_FORMAT
 from ..models.maskdcpt import MaskDCPTOutput
