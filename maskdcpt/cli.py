@@ -44,7 +44,8 @@ def describe_os_error(err: OSError) -> str:
 
 
 def tool_main(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Decorate a tool's ``main(argv=None)``: the user's problems become one line on stderr and status 2."""
+    """Decorate a tool's ``main(argv=None)``: the user's problems become one line on stderr and status 2; Ctrl-C
+    that reaches it (a tool without a training loop, or a second Ctrl-C in one) ends with one line and status 130."""
 
     @functools.wraps(main)
     def wrapped(*args: Any, **kwargs: Any) -> int:
@@ -52,6 +53,9 @@ def tool_main(main: Callable[..., int | None]) -> Callable[..., int]:
             return main(*args, **kwargs) or 0
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
+        except KeyboardInterrupt:  # a second Ctrl-C (the first stops training with a checkpoint)
+            print("interrupted", file=sys.stderr)
+            return 130
         except OSError as err:
             if err.errno not in _ENVIRONMENT_ERRNOS:
                 raise
