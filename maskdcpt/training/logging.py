@@ -152,8 +152,13 @@ class RunLog:
         """Append ``text`` (one or more lines) with a time stamp."""
         if self._file is not None:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            for line in str(text).splitlines() or [""]:
-                self._file.write(f"{stamp} {line}\n")
+            try:
+                for line in str(text).splitlines() or [""]:
+                    self._file.write(f"{stamp} {line}\n")
+            except OSError as err:  # a full disk: the log is not worth stopping the run for (its checkpoint is)
+                print(f"warning: cannot append to {self.path} ({err.strerror}); the log goes on only here",
+                      file=sys.stderr)
+                self._file = None
 
     def say(self, text: str) -> None:
         """Print ``text`` and append it."""
