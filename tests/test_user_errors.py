@@ -80,3 +80,70 @@ def test_evaluation_folder_mistakes_are_one_line(tmp_path, capsys):
     (inputs / "0.png").rename(inputs / "other.png")
     assert evaluate(["--no-reference", str(outs), "--inputs", str(inputs), "--out", str(tmp_path / "nr")]) == 2
     _one_error_line(capsys, f"no image in {inputs} has the name (or stem) of 2 of the 2 outputs: 0.png, 1.png")
+
+
+# ------------------------------------------------------------------------------------------ 9, 10: the wrong file
+
+
+def _finetuned_run(tmp_path: Path) -> Path:
+    argv = [f"run.output_dir={tmp_path}", "run.name=ft", *FAST, "train.max_steps=1", "val.every=0"]
+    assert _tool("finetune")(argv) == 0
+    return tmp_path / "ft"
+
+
+def test_restore_from_a_training_checkpoint_names_the_file_to_use(tmp_path, capsys):
+    run = _finetuned_run(tmp_path)
+    capsys.readouterr()
+    images = _photos(tmp_path / "in", 1, 48)
+    restore = _tool("restore")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert restore(["--model", str(ckpt), "--device", "cpu", str(images), str(tmp_path / "out")]) == 2
+    line = _one_error_line(capsys, f"{ckpt} is a training checkpoint (for --resume), not a restorer file",
+                           f"restore with {run / 'restorer.safetensors'}")
+    assert "--arch" not in line
+    # the advice leads somewhere: each file it names restores
+    for named in (run / "restorer.safetensors", run / "checkpoints" / "last.safetensors"):
+        assert str(named) in line
+        assert restore(["--model", str(named), "--device", "cpu", str(images), str(tmp_path / "out")]) == 0
+
+
+def test_export_encoder_on_a_fine_tuning_run_says_what_it_is_and_where_to_go(tmp_path, capsys):
+    run = _finetuned_run(tmp_path)
+    capsys.readouterr()
+    assert _tool("export_encoder")([str(run), "--out", str(tmp_path / "e.safetensors")]) == 2
+    line = _one_error_line(capsys, f"{run} is a fine-tuning run, not a pre-training run",
+                           f"{run / 'restorer.safetensors'}", "--pretrained")
+    assert "prior_channels" not in line
+    # and fine-tuning from that folder names the restorer, which then loads
+    assert _tool("finetune")([f"run.output_dir={tmp_path}", "run.name=ft2", *FAST, "train.max_steps=1",
+                              "val.every=0", f"pretrained={run}"]) == 2
+    _one_error_line(capsys, f"is a fine-tuning run; to continue from its restorer, give pretrained={run / 'restorer.safetensors'}")
+    assert _tool("finetune")([f"run.output_dir={tmp_path}", "run.name=ft2", *FAST, "train.max_steps=1",
+                              "val.every=0", f"pretrained={run / 'restorer.safetensors'}"]) == 0
+
+
+# ------------------------------------------------------------------------------------------ 11: tools/degrade.py
+
+
+def _degrade(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "degrade.py"), *args], capture_output=True, text=True,
+                          env=run_env(), cwd=ROOT, timeout=300)
+
+
+def test_degrade_takes_one_image_and_makes_the_sheets_folder_first(tmp_path):
+    photo = _photos(tmp_path / "in", 1, 64) / "0.png"
+    sheet = tmp_path / "new" / "deeper" / "sheet.png"
+    res = _degrade(str(photo), str(tmp_path / "out"), "--types", "noise,haze", "--levels", "2", "--sheet", str(sheet))
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
+        "0_00_noise_L0.00.png", "0_00_noise_L1.00.png", "0_06_haze_L0.00.png", "0_06_haze_L1.00.png"]
+    assert cv2.imread(str(sheet)) is not None
+    # a sheet that cannot be written says why, and before any image is degraded
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    res = _degrade(str(photo), str(tmp_path / "out2"), "--types", "noise", "--levels", "1",
+                   "--sheet", str(blocker / "sheet.png"))
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == f"error: --sheet: {blocker} is a file, not a folder"
+    assert not list((tmp_path / "out2").glob("*.png"))
+    res = _degrade(str(tmp_path / "nowhere.png"), str(tmp_path / "out3"))
+    assert res.returncode == 2 and "does not exist (give a folder of images or one image)" in res.stderr

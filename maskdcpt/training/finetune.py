@@ -23,7 +23,7 @@ from ..data.config import DataConfig
 from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
 from ..evaluation.metrics import psnr_torch, ssim_torch
 from ..models import create_model
-from ..models.checkpoint import RESTORER_FORMAT, load_pretrained, read_metadata, save_restorer
+from ..models.checkpoint import RESTORER_FILENAME, RESTORER_FORMAT, load_pretrained, read_metadata, save_restorer
 from ..models.prior import add_prior_channels
 from .distributed import DistInfo
 from .ema import ModelEMA
@@ -116,6 +116,10 @@ def _pretrained_file(spec: str) -> Path:
     if path.is_dir():  # a pre-training run folder
         candidate = path / "encoder.safetensors"
         if not candidate.is_file():
+            restorer = path / RESTORER_FILENAME
+            if restorer.is_file():  # a fine-tuning run: its restorer is the whole network
+                raise CheckpointError(f"pretrained: {str(path)!r} is a fine-tuning run; to continue from its restorer, "
+                                      f"give pretrained={restorer}")
             raise CheckpointError(f"pretrained: pre-training run {str(path)!r} has no encoder.safetensors; run tools/export_encoder.py")
         return candidate
     if not path.is_file():
