@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import UserError
 
-__all__ = ["tool_main", "parse_args", "add_resume_args", "describe_os_error"]
+__all__ = ["tool_main", "parse_args", "add_resume_args", "describe_os_error", "not_a_tool"]
 
 # OSErrors that describe the machine, not the program: report them in one line.
 _ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
@@ -102,3 +102,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     if extra:
         args.overrides = [*extra, *getattr(args, "overrides", [])]
     return args
+
+
+def not_a_tool(module: str, tool: str) -> None:
+    """For ``python -m <library module>``: say which command runs it instead of doing nothing, and exit 2."""
+    print(f"error: {module} is a library module, not a command; run python tools/{tool}.py (or python -m maskdcpt "
+          f"{tool}) with --help for its options; python -m maskdcpt lists every tool", file=sys.stderr)
+    raise SystemExit(2)

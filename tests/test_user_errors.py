@@ -147,3 +147,50 @@ def test_degrade_takes_one_image_and_makes_the_sheets_folder_first(tmp_path):
     assert not list((tmp_path / "out2").glob("*.png"))
     res = _degrade(str(tmp_path / "nowhere.png"), str(tmp_path / "out3"))
     assert res.returncode == 2 and "does not exist (give a folder of images or one image)" in res.stderr
+
+
+# ------------------------------------------------------------------------------------------ 12, 13, 14
+
+
+def test_python_dash_m_says_where_the_tools_are(tmp_path):
+    env = dict(run_env(), PYTHONPATH=str(ROOT))
+    listing = subprocess.run([sys.executable, "-m", "maskdcpt"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert listing.returncode == 0
+    for tool in ("pretrain", "finetune", "evaluate", "restore", "sweep", "benchmark", "degrade", "experiment"):
+        assert any(line.split()[:1] == [tool] for line in listing.stdout.splitlines()), tool
+    runs = subprocess.run([sys.executable, "-m", "maskdcpt", "degrade", "--list"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path)
+    assert runs.returncode == 0 and runs.stdout.splitlines()[0] == "0 noise"
+    library = subprocess.run([sys.executable, "-m", "maskdcpt.training.pretrain", "--help"], capture_output=True,
+                             text=True, env=env, cwd=tmp_path)
+    assert library.returncode == 2 and "run python tools/pretrain.py" in library.stderr
+
+
+def test_a_sweep_resolves_its_base_config_alike_in_the_dry_run_and_the_launch(tmp_path):
+    from maskdcpt.launch.sweep import resolve_base_config
+
+    spec = ROOT / "configs" / "sweeps" / "maskdcpt_ablation.yaml"
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep.py"), str(spec), "--dry-run"],
+                         capture_output=True, text=True, env=run_env(), cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    expected = ROOT / "configs" / "pretrain" / "nafnet_uir.yaml"
+    assert res.stdout.splitlines()[0] == f"base config: {expected}"
+    assert resolve_base_config("configs/pretrain/nafnet_uir.yaml", str(spec)) == str(expected)  # what the launch uses
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("target: pretrain\nbase_config: configs/pretrain/nowhere.yaml\nmembers: [{name: a, overrides: []}]\n")
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep.py"), str(mine), "--dry-run"],
+                         capture_output=True, text=True, env=run_env(), cwd=tmp_path, timeout=300)
+    assert res.returncode == 2 and "base_config: configs/pretrain/nowhere.yaml is not a file" in res.stderr
+
+
+def test_an_integer_field_takes_an_integral_number_in_scientific_notation(tmp_path):
+    from maskdcpt.errors import ConfigError
+    from maskdcpt.training.pretrain import load_pretrain_config
+
+    (tmp_path / "c.yaml").write_text("train:\n  max_steps: 1e3\n  checkpoint_every: 2.5e2\n")
+    cfg = load_pretrain_config(tmp_path / "c.yaml", ["train.log_every=1e1"])
+    assert (cfg.train.max_steps, cfg.train.checkpoint_every, cfg.train.log_every) == (1000, 250, 10)
+    assert isinstance(cfg.train.max_steps, int)
+    for bad in ("1e-3", "1.5", "inf", "ten"):
+        with pytest.raises(ConfigError, match=rf"train.max_steps: expected an integer, got '?{bad}'?"):
+            load_pretrain_config(None, [f"train.max_steps={bad}"])

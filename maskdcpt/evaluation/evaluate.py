@@ -337,3 +337,9 @@ def write_results(result: EvalResult, out_dir: str | os.PathLike, metrics: list[
         writer.writerows(result.tasks + [result.overall, result.pooled])
     with open(out_dir / "results.json", "w") as f:
         json.dump(_jsonable(asdict(result)), f, indent=2)
+
+
+if __name__ == "__main__":
+    from ..cli import not_a_tool
+
+    not_a_tool("maskdcpt.evaluation.evaluate", "evaluate")

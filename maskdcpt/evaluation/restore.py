@@ -227,3 +227,8 @@ def restore_path(model: nn.Module, input: str | os.PathLike, output: str | os.Pa
         written.append(target)
     return written
 
+
+if __name__ == "__main__":
+    from ..cli import not_a_tool
+
+    not_a_tool("maskdcpt.evaluation.restore", "restore")

@@ -47,3 +47,9 @@ def _is_finetuning_config(path: Path) -> bool:
     except yaml.YAMLError:
         return False  # the config loader names the damage
     return isinstance(saved, dict) and "pretrained" in saved and "loss" not in saved
+
+
+if __name__ == "__main__":
+    from ..cli import not_a_tool
+
+    not_a_tool("maskdcpt.training.export", "export_encoder")

@@ -269,3 +269,9 @@ def run_finetuning(cfg: FinetuneConfig, resume: bool | str = "auto") -> dict[str
         cfg, out_dir, FinetuneTask, resume, announce=lambda task: task.report,
         finished=lambda m: f"done at step {m['step']}: EMA restorer in {out_dir.resolve() / 'restorer.safetensors'}",
     )
+
+
+if __name__ == "__main__":
+    from ..cli import not_a_tool
+
+    not_a_tool("maskdcpt.training.finetune", "finetune")

@@ -386,3 +386,9 @@ def run_pretraining(cfg: PretrainConfig, resume: bool | str = "auto") -> dict[st
         cfg, out_dir, PretrainTask, resume,
         finished=lambda m: f"done at step {m['step']}: {out_dir.resolve()} (tensorboard --logdir {out_dir / 'tensorboard'})",
     )
+
+
+if __name__ == "__main__":
+    from ..cli import not_a_tool
+
+    not_a_tool("maskdcpt.training.pretrain", "pretrain")
