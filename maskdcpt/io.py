@@ -70,11 +70,34 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        full = isinstance(err, Exception) and _disk_full(err, path.parent)
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if full:
+            raise OSError(full, os.strerror(full), str(path)) from None
+        if isinstance(err, OSError) and err.filename in (None, tmp):
+            raise OSError(err.errno, err.strerror, str(path)) from None  # name the file the user knows
         raise
     return path
+
+
+def _disk_full(err: Exception, folder: Path) -> int:
+    """ENOSPC or EDQUOT if ``err`` is a write that ran out of room, else 0. Libraries say so in their own words
+    (torch.save: "unexpected pos …" from a short write; safetensors: "No space left on device" inside its own
+    error type), so a failed write with no space left where it was going counts too."""
+    if isinstance(err, OSError):
+        return err.errno if err.errno in (errno.ENOSPC, errno.EDQUOT) else 0
+    text = str(err)
+    if "No space left on device" in text:
+        return errno.ENOSPC
+    if "Disk quota exceeded" in text:
+        return errno.EDQUOT
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return 0
+    return errno.ENOSPC if stat.f_bavail * stat.f_frsize < (1 << 20) else 0
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:

@@ -307,3 +307,8 @@ def write_results(result: EvalResult, out_dir: str | os.PathLike, metrics: list[
         writer.writerows(result.tasks + [result.overall, result.pooled])
     with open(out_dir / "results.json", "w") as f:
         json.dump(_jsonable(asdict(result)), f, indent=2)
+
+
+if __name__ == "__main__":  # python -m maskdcpt.evaluation.evaluate: say where the command is instead of doing nothing
+    raise SystemExit(f"error: {__spec__.name} is a library module; run python tools/evaluate.py --help "
+                     "(python -m maskdcpt lists every tool)")

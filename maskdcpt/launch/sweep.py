@@ -3,7 +3,7 @@
 A sweep file (YAML)::
 
     target: pretrain                    # a known target (see maskdcpt.launch.targets)
-    base_config: configs/pretrain/x.yaml  # optional, relative to the working directory
+    base_config: configs/pretrain/x.yaml  # optional; relative: to the working directory, else to this file's folder or a parent
     base_overrides: [train.max_steps=100000]
     members:                            # explicit, named members (optional)
       - {name: no_mask, overrides: [model.mask_ratio=0]}
@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 from maskdcpt.cli import tool_main
 from maskdcpt.config import build_config, flatten, format_override, format_value, load_config
-from maskdcpt.errors import ConfigError
+from maskdcpt.errors import ConfigError, MissingFileError
 from maskdcpt.launch.launcher import LaunchOptions, add_launcher_args, build_executor, remove_unexpanded_folder
 from maskdcpt.launch.submitit_job import TrainingJob
 from maskdcpt.launch.targets import resolve_target
@@ -139,6 +139,43 @@ def member_overrides(spec: SweepSpec, member: SweepMember, sweep_dir: Path, extr
             *target.placement_overrides(sweep_dir, member.name)]
 
 
+def resolve_base_config(base_config: str | None, spec_path: str | None) -> str | None:
+    """``base_config`` as an absolute path: as given when absolute; else relative to the working directory, or
+    else to the sweep file's folder or one of its parents (``configs/sweeps/x.yaml`` names
+    ``configs/pretrain/…`` from the repository root), so that a sweep runs the same from any folder. The dry run
+    and the launch both resolve it here."""
+    if not base_config:
+        return None
+    path = Path(base_config).expanduser()
+    if path.is_absolute():
+        candidates = [path]
+    else:
+        folders = [Path.cwd()]
+        if spec_path:
+            here = Path(spec_path).resolve().parent
+            folders += [here, *here.parents]
+        candidates = [folder / path for folder in folders]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate.resolve())
+    raise MissingFileError(f"base_config: {base_config} is not a file relative to the working directory ({Path.cwd()})"
+                           + (f" nor to the sweep file's folder or its parents ({Path(spec_path).resolve().parent})"
+                              if spec_path else ""))
+
+
+def check_members(spec: SweepSpec, sweep_dir: Path, extra_overrides: Sequence[str],
+                  base_config: str | None) -> list[tuple[SweepMember, list[str], Path]]:
+    """Every member's overrides, built into its config (so that a bad member fails before anything is queued, in
+    a dry run as in a launch), and its run folder."""
+    target = resolve_target(spec.target)
+    checked = []
+    for member in spec.members:
+        overrides = member_overrides(spec, member, sweep_dir, extra_overrides)
+        cfg = target.config(base_config, overrides)
+        checked.append((member, overrides, target.folder(cfg)))
+    return checked
+
+
 def submit_sweep(spec: SweepSpec, sweep_dir: str | Path, opts: LaunchOptions, extra_overrides: Sequence[str] = (),
                  spec_source: str | None = None) -> list[Any]:
     """Check every member's config, submit all as one job array, write the manifest; returns the jobs."""
@@ -146,12 +183,8 @@ def submit_sweep(spec: SweepSpec, sweep_dir: str | Path, opts: LaunchOptions, ex
         raise ConfigError(f"a sweep runs as a job array: use --launcher slurm or local, not {opts.launcher!r}")
     sweep_dir = Path(sweep_dir).resolve()
     target = resolve_target(spec.target)
-    base_config = str(Path(spec.base_config).resolve()) if spec.base_config else None
-    jobs_spec = []
-    for member in spec.members:
-        overrides = member_overrides(spec, member, sweep_dir, extra_overrides)
-        cfg = target.config(base_config, overrides)  # fail here, for every member, before anything is queued
-        jobs_spec.append((member, overrides, target.folder(cfg)))
+    base_config = resolve_base_config(spec.base_config, spec_source)
+    jobs_spec = check_members(spec, sweep_dir, extra_overrides, base_config)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     executor = build_executor(opts, sweep_dir / "slurm" / "%j")
     with executor.batch():
@@ -302,8 +335,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     sweep_dir = Path(args.sweep_dir or Path("runs") / "sweeps" / f"{Path(args.spec).stem}-{stamp}")
     if args.dry_run:
-        for member in spec.members:
-            print(f"{member.name}: {' '.join(member_overrides(spec, member, sweep_dir, args.overrides))}")
+        base_config = resolve_base_config(spec.base_config, args.spec)
+        print(f"base config: {base_config or '(the target defaults)'}")
+        for member, overrides, _ in check_members(spec, sweep_dir.resolve(), args.overrides, base_config):
+            print(f"{member.name}: {' '.join(overrides)}")
         return 0
     jobs = submit_sweep(spec, sweep_dir, LaunchOptions.from_args(args), args.overrides, str(args.spec))
     ids = ", ".join(str(j.job_id) for j in jobs)

@@ -160,6 +160,14 @@ def resolve_restorer_path(path: str | os.PathLike) -> Path:
         return candidate
     if not path.is_file():
         raise MissingFileError(f"restorer checkpoint {path} does not exist")
+    if path.suffix == ".ckpt":  # a trainer's state (weights, optimiser, schedule) for resuming, not for restoring
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        weights = [run / RESTORER_FILENAME, path.with_suffix(".safetensors"), path.parent / "best.safetensors"]
+        usable = [str(w) for w in weights if w.is_file()]
+        hint = (f"restore with {' or '.join(usable)} (the run's restorer: its EMA weights; then the weights of "
+                "that checkpoint; then the best validated)" if usable else
+                "give the run's restorer.safetensors, written when fine-tuning ends")
+        raise CheckpointError(f"{path} is a training checkpoint (for --resume), not a restorer file; {hint}")
     return path
 
 

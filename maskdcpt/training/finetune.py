@@ -26,7 +26,7 @@ from ..evaluation.registry import METRICS
 from ..io import read_metadata
 from ..losses import masked_l1
 from ..models import create_model
-from ..models.checkpoint import RESTORER_FORMAT, load_pretrained, save_restorer
+from ..models.checkpoint import RESTORER_FILENAME, RESTORER_FORMAT, load_pretrained, save_restorer
 from ..models.prior import add_prior_channels
 from .distributed import DistInfo
 from .ema import ModelEMA
@@ -119,6 +119,10 @@ def _pretrained_file(spec: str) -> Path:
     if path.is_dir():  # a pre-training run folder
         candidate = path / "encoder.safetensors"
         if not candidate.is_file():
+            restorer = path / RESTORER_FILENAME
+            if restorer.is_file():  # a fine-tuning run: its restorer is the whole network
+                raise CheckpointError(f"pretrained: {str(path)!r} is a fine-tuning run; to continue from its restorer, "
+                                      f"give pretrained={restorer}")
             raise CheckpointError(f"pretrained: pre-training run {str(path)!r} has no encoder.safetensors; run tools/export_encoder.py")
         return candidate
     if not path.is_file():
@@ -269,3 +273,8 @@ def run_finetuning(cfg: FinetuneConfig, resume: bool | str = "auto") -> dict[str
         cfg, out_dir, FinetuneTask, resume, announce=lambda task: task.report,
         finished=lambda m: f"done at step {m['step']}: EMA restorer in {out_dir.resolve() / 'restorer.safetensors'}",
     )
+
+
+if __name__ == "__main__":  # python -m maskdcpt.training.finetune: say where the command is instead of doing nothing
+    raise SystemExit(f"error: {__spec__.name} is a library module; run python tools/finetune.py --help "
+                     "(python -m maskdcpt lists every tool)")

@@ -354,3 +354,8 @@ def run_pretraining(cfg: PretrainConfig, resume: bool | str = "auto") -> dict[st
         cfg, out_dir, PretrainTask, resume,
         finished=lambda m: f"done at step {m['step']}: {out_dir.resolve()} (tensorboard --logdir {out_dir / 'tensorboard'})",
     )
+
+
+if __name__ == "__main__":  # python -m maskdcpt.training.pretrain: say where the command is instead of doing nothing
+    raise SystemExit(f"error: {__spec__.name} is a library module; run python tools/pretrain.py --help "
+                     "(python -m maskdcpt lists every tool)")
