@@ -1,8 +1,11 @@
 """The training loader: an endless, resumable stream of batches for a step-based trainer."""
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
+import os
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -15,6 +18,10 @@ from .sampler import MixtureSampler
 from .schedule import MixingSchedule
 
 log = logging.getLogger(__name__)
+
+# Debugging aid (and what the multi-node tests read): with MASKDCPT_DATA_TRACE=DIR each rank's loader appends one
+# JSON line per batch to DIR/rank<r>.jsonl: the step, the global sample positions and the sample keys.
+TRACE_ENV = "MASKDCPT_DATA_TRACE"
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -82,6 +89,8 @@ class TrainLoader:
         self._epoch_skips: dict[str, str] = {}
         self.sampler = self._make_sampler(self.step)
         self._epoch = self.epoch_of(self.step)
+        trace = os.environ.get(TRACE_ENV, "")
+        self._trace = Path(trace) / f"rank{self.sampler.rank}.jsonl" if trace else None
 
     def _make_sampler(self, start_step: int) -> MixtureSampler:
         return MixtureSampler(**self._sampler_args, start_step=start_step)
@@ -104,8 +113,16 @@ class TrainLoader:
         )
         for batch in loader:
             self._account(batch.pop("skipped"))
+            if self._trace is not None:
+                self._write_trace(batch)
             self.step += 1
             yield batch
+
+    def _write_trace(self, batch: dict[str, Any]) -> None:
+        self._trace.parent.mkdir(parents=True, exist_ok=True)
+        line = {"step": self.step, "positions": batch["index"].tolist(), "keys": batch["key"].tolist()}
+        with open(self._trace, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def _account(self, skipped: list[str]) -> None:
         epoch = self.epoch_of(self.step)
@@ -133,10 +150,12 @@ def build_train_loader(cfg: DataConfig, *, seed: int, batch_size: int, rank: int
     Resuming: ``start_step=k`` yields exactly the batches k, k+1, … that an uninterrupted
     loader yields at those steps (every draw is a function of seed and global position).
     """
-    mixture = build_mixture(cfg, seed)
+    readers = max(int(num_workers), 1)  # each worker (or the process itself) reads its own lane of the shards
+    mixture = build_mixture(cfg, seed, lanes=world_size * readers)
     schedule = MixingSchedule.from_ratios(cfg.schedule) if cfg.schedule else None
     sampler_args = dict(
         sizes=mixture.sizes, kinds=mixture.kinds, weights=mixture.weights, seed=seed, batch_size=batch_size,
         crops_per_image=cfg.crops_per_image, rank=rank, world_size=world_size, schedule=schedule,
+        plans=mixture.plans, lanes_per_rank=readers,
     )
     return TrainLoader(mixture, sampler_args, num_workers=num_workers, start_step=start_step, pin_memory=pin_memory)

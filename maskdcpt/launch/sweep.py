@@ -150,8 +150,8 @@ def submit_sweep(spec: SweepSpec, sweep_dir: str | Path, opts: LaunchOptions, ex
         overrides = member_overrides(spec, member, sweep_dir, extra_overrides)
         cfg = target.config(base_config, overrides)  # fail here, for every member, before anything is queued
         jobs_spec.append((member, overrides, target.folder(cfg)))
+    executor = build_executor(opts, sweep_dir / "slurm" / "%j")  # refuses what the cluster can never run
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    executor = build_executor(opts, sweep_dir / "slurm" / "%j")
     with executor.batch():
         jobs = [executor.submit(TrainingJob(target, base_config, overrides)) for _, overrides, _ in jobs_spec]
     remove_unexpanded_folder(sweep_dir / "slurm" / "%j")
