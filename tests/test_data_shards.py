@@ -200,6 +200,20 @@ def test_a_resumed_loader_serves_exactly_the_uninterrupted_batches(clean_shards)
     assert len(set(items)) == len(items) // 2
 
 
+def test_with_fewer_shards_than_readers_the_samples_are_dealt_and_resume_is_exact(tmp_path):
+    _photos(tmp_path / "clean", 10)
+    write_shards(CorpusIndex.build([tmp_path / "clean"]), tmp_path / "one", shard_bytes=10**9)  # a single shard
+    cfg = DataConfig(sources=[{"kind": "shards", "shards": str(tmp_path / "one"), "shuffle_block": 2}],
+                     crop_size=64, crops_per_image=2)
+    whole = _keys(cfg, range(0, 8), workers=2)
+    assert not build_train_loader(cfg, seed=5, batch_size=4, num_workers=2).mixture.plans[0].by_shard
+    for (keys_a, lq_a), (keys_b, lq_b) in zip(whole[5:], _keys(cfg, range(5, 8), workers=2)):
+        assert keys_a == keys_b and np.array_equal(lq_a, lq_b)
+    # two lanes (even and odd steps) of 5 photos each, 2 photos a step: in 8 steps each lane passes its epoch 0,
+    # and together they serve every photo once in it
+    assert sorted(k[2] for keys, _ in whole for k in keys[::2] if k[1] == 0) == list(range(10))
+
+
 def test_a_corrupt_member_and_a_truncated_shard_are_skipped_counted_and_named(tmp_path):
     _photos(tmp_path / "clean", 8, side=70)
     write_shards(CorpusIndex.build([tmp_path / "clean"]), tmp_path / "shards", shard_bytes=40_000)

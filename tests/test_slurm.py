@@ -403,7 +403,8 @@ def _stop_node(node: str, task_pid: int) -> None:
     (The task's parent is that node's slurmstepd.)"""
     stepd = int(Path(f"/proc/{task_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     assert "slurmstepd" in Path(f"/proc/{stepd}/cmdline").read_text(errors="replace"), stepd
-    slurmd = int(Path(f"/tmp/maskdcpt-slurm/run/slurmd-{node}.pid").read_text())
+    state = Path(os.environ.get("MASKDCPT_SLURM_STATE", "/tmp/maskdcpt-slurm"))  # as start_local_cluster.sh
+    slurmd = int((state / "run" / f"slurmd-{node}.pid").read_text())
     for pid in (slurmd, stepd, task_pid):
         os.kill(pid, signal.SIGKILL)
 

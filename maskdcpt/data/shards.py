@@ -112,9 +112,14 @@ class LanePlan:
         self._natural: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._orders: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cumulative: dict[int, list[int]] = {}
+        self._shard_orders: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def shard_order(self, epoch: int) -> np.ndarray:
-        return make_rng((self.seed, self.source_id, epoch, _SHARD_TAG)).permutation(len(self.counts))
+        if epoch not in self._shard_orders:
+            self._shard_orders[epoch] = make_rng((self.seed, self.source_id, epoch, _SHARD_TAG)).permutation(len(self.counts))
+            while len(self._shard_orders) > 4:
+                self._shard_orders.popitem(last=False)
+        return self._shard_orders[epoch]
 
     def natural(self, lane: int, epoch: int) -> np.ndarray:
         """The lane's samples in epoch ``epoch`` in reading order (before the block shuffle)."""
@@ -180,9 +185,10 @@ class LanePlan:
 class ShardReader:
     """Reads samples of one source's shards as raw bytes, front to back, with webdataset's tar iterator.
 
-    ``read(items)``: items in reading order (runs of consecutive ids within shards) → {item: {suffix: bytes}} and
-    {item: ("shard:item", reason)} for those the shards do not deliver. A reader that is already at the first wanted
-    sample of a shard goes on from there; otherwise it opens the shard and skips to it (a resume, a substitute).
+    ``read(items, lane)``: items in reading order (ascending runs within shards) → {item: {suffix: bytes}} and
+    {item: ("shard:item", reason)} for those the shards do not deliver. A lane whose reader stopped in the same shard
+    before the first wanted sample goes on from there; otherwise the shard is opened and read up to it (a resume,
+    a substitute).
     """
 
     def __init__(self, files: list[Path], counts: np.ndarray):
@@ -201,7 +207,7 @@ class ShardReader:
         import webdataset as wds
 
         path = self.files[shard]
-        f = open(path, "rb")
+        f = open(path, "rb", buffering=1 << 20)  # tarfile reads 10 kB at a time: one system call per MB instead
         self.opens += 1
         cursor = _Cursor(shard, f, None, int(self.starts[shard]), [])
 
@@ -225,19 +231,20 @@ class ShardReader:
         shards = np.searchsorted(self.starts, items, side="right") - 1
         for run in np.split(np.arange(len(items)), np.flatnonzero(np.diff(shards)) + 1):
             shard, first, last = int(shards[run[0]]), int(items[run[0]]), int(items[run[-1]])
+            wanted = set(items[run].tolist())
             cursor = self._cursors.pop(lane, None)
-            if cursor is None or cursor.shard != shard or cursor.next_item != first:
+            if cursor is None or cursor.shard != shard or cursor.next_item > first:
                 if cursor is not None:
                     cursor.file.close()
-                cursor = self._open(shard)
+                cursor = self._open(shard)  # else the lane goes on reading where it stopped
             for sample in cursor.samples:
                 try:
                     item = int(sample["__key__"].rsplit("/", 1)[-1])
                 except ValueError:
                     continue  # a member that is not one of ours
                 cursor.next_item = item + 1
-                if item < first:
-                    continue  # skipping to where this block starts
+                if item not in wanted:
+                    continue  # before the block, or another lane's (samples dealt, not shards)
                 if cursor.errors:  # the sample the damage cut short: its members are incomplete
                     break
                 found[item] = {k: v for k, v in sample.items() if not k.startswith("__")}
@@ -250,7 +257,7 @@ class ShardReader:
                     lost[item] = (f"{self.files[shard]}:{item:010d}", f"missing from the shard ({why})")
             if not cursor.errors and cursor.next_item == last + 1 and \
                     cursor.next_item < self.starts[shard] + self.counts[shard]:
-                self._cursors[lane] = cursor  # the lane's next block starts here
+                self._cursors[lane] = cursor  # the lane's next block starts at or after here
             else:
                 cursor.file.close()
         return found, lost
