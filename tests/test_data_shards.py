@@ -4,7 +4,6 @@ paired shards as with the index."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import signal
@@ -317,3 +316,18 @@ def test_training_on_shards_killed_hard_resumes_with_the_same_samples_and_weight
     a, b = last_weights(runs / "whole"), last_weights(runs / "killed")
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
     assert (runs / "killed" / "val.jsonl").is_file()  # validation runs as with the index
+
+
+def test_the_data_benchmark_compares_index_and_shards_and_times_sharding(tmp_path, capsys):
+    from maskdcpt.benchmarks.data import main
+
+    argv = ["--workers", "0", "--sources", "index,shards", "--samples", "16", "--photos", "2", "--batch", "8",
+            "--crops-per-image", "4", "--types", "noise,jpeg", "--shard-size", "4MB", "--work-dir", str(tmp_path),
+            "--shard-files", "30", "--shard-file-kb", "5"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["index"], ["shards"])]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("index", "0", "16"), ("shards", "0", "16")]
+    assert "shards / index, samples per CPU-second:" in out
+    assert "shard input: 30 files of 5 kB" in out and "; 1 shards, " in out and "extrapolated" in out
+    assert not (tmp_path / "shard_tree_30_5k").exists()  # the generated input is removed unless --keep-tree

@@ -418,6 +418,21 @@ def _start_node(node: str) -> None:
         time.sleep(1)
 
 
+def _submit_two_node_from_the_command_line(root: Path, name: str):
+    """``tools/pretrain.py --launcher slurm --nodes 2 --tasks-per-node 1 ...`` as a user types it; its job."""
+    import submitit
+
+    argv = ["--launcher", "slurm", "--nodes", "2", "--tasks-per-node", "1", "--partition", _default_partition(),
+            "--timeout-min", "15", "--job-name", "maskdcpt-2n", *TWO_NODE_TRAIN, f"run.output_dir={root}",
+            f"run.name={name}"]
+    env = {**os.environ, "MASKDCPT_DATA_TRACE": str(root / "trace" / name)}
+    out = subprocess.run([sys.executable, "tools/pretrain.py", *argv], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    found = re.search(r"submitted job (\d+) \(slurm\)", out.stdout)
+    assert out.returncode == 0 and found, out.stdout + out.stderr
+    return submitit.SlurmJob(root / name / "slurm" / "%j", found.group(1), tasks=(0, 1))
+
+
 def _submit_two_node(root: Path, name: str, hold: bool = False):
     opts = LaunchOptions(launcher="slurm", partition=_default_partition(), nodes=2, tasks_per_node=1, timeout_min=15,
                          job_name="maskdcpt-2n")
@@ -444,7 +459,8 @@ def two_nodes(partition, tmp_path_factory):
     if len(up) < 2:
         pytest.fail(f"the cluster lacks the nodes {NODES} (has {up}): restart it with tests/slurm/start_local_cluster.sh")
     root = tmp_path_factory.mktemp("two_nodes")
-    jobs = {"reference": _submit_two_node(root, "reference"), "requeued": _submit_two_node(root, "requeued", hold=True)}
+    jobs = {"reference": _submit_two_node_from_the_command_line(root, "reference"),
+            "requeued": _submit_two_node(root, "requeued", hold=True)}
     held = _wait_until_held(jobs["requeued"], root / "requeued", ranks=2)
     subprocess.run(["scontrol", "requeue", str(jobs["requeued"].job_id)], check=True)
 

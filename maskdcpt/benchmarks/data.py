@@ -244,7 +244,7 @@ def measure_index(count: int, work_dir: Path, keep_tree: bool = False) -> None:
 
 
 def measure_sharding(count: int, work: Path, file_kb: int, pairs_to_extrapolate: int = 2_500_000,
-                     shard_bytes: int = 512 * 10**6) -> None:
+                     shard_bytes: int = 512 * 10**6, keep_tree: bool = False) -> None:
     """Time and size to shard ``count`` files of ``file_kb`` kB (JPEG-signed, incompressible bytes: the writer
     copies bytes and never decodes), and the same per file extrapolated to UIR-2.5M's pairs (two files each)."""
     from ..data.index import CorpusIndex
@@ -283,6 +283,8 @@ def measure_sharding(count: int, work: Path, file_kb: int, pairs_to_extrapolate:
           f"{files / (count / seconds) / 3600:.1f} h, {files / count * report.bytes / 1e12:.2f} TB "
           f"(time and size scale with the bytes: divide by the shard writers run in parallel, one per source)")
     shutil.rmtree(out)
+    if not keep_tree:  # count × file_kb of disk
+        shutil.rmtree(tree)
 
 
 # ---------------------------------------------------------------- command line --------
@@ -299,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--breakdown", action="store_true", help="also time decode and each type in-process")
     parser.add_argument("--index-files", type=int, default=0, help="also index a tree of this many tiny files")
     parser.add_argument("--no-loader", action="store_true", help="skip the throughput measurement")
-    parser.add_argument("--keep-tree", action="store_true", help="keep the generated index tree for reruns")
+    parser.add_argument("--keep-tree", action="store_true", help="keep the generated index / shard input trees for reruns")
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "maskdcpt_bench_data"))
     parser.add_argument("--sources", default="index", help="index, shards, or index,shards (one run, a ratio)")
     parser.add_argument("--shard-size", default="64MB", help="shard size for --sources shards")
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             if len(rates) == 2:
                 print(f"{'':>7} {workers:>8} shards / index, samples per CPU-second: {rates['shards'] / rates['index']:.3f}")
     if args.shard_files:
-        measure_sharding(args.shard_files, work, args.shard_file_kb)
+        measure_sharding(args.shard_files, work, args.shard_file_kb, keep_tree=args.keep_tree)
     if args.index_files:
         measure_index(args.index_files, work, args.keep_tree)
     return 0
