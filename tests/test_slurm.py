@@ -582,9 +582,15 @@ def test_two_node_finetuning(partition, tmp_path):
     assert [json.loads(line)["step"] for line in (tmp_path / "ft" / "val.jsonl").read_text().splitlines()] == [0, 4]
 
 
-def test_sweep_of_two_node_members(partition, tmp_path):
+def test_sweep_of_two_node_members_training_on_shards(partition, tmp_path):
+    from maskdcpt.data.default import default_index
+    from maskdcpt.data.shard_writer import write_shards
+
+    # the members read a sharded copy of the embedded photos: each rank its own lane of the shards
+    write_shards(default_index(), tmp_path / "shards", shard_bytes=400_000)
+    shards = f"data.sources=[{{kind: shards, shards: {tmp_path / 'shards'}}}]"
     spec = tmp_path / "two.yaml"
-    spec.write_text(yaml.safe_dump({"target": TARGET, "base_overrides": [*TINY, "train.max_steps=2"],
+    spec.write_text(yaml.safe_dump({"target": TARGET, "base_overrides": [*TINY, "train.max_steps=2", shards],
                                     "grid": {"model.mask_ratio": [0.25, 0.75]}}))
     sweep_dir = tmp_path / "sweep"
     assert sweep_mod.main([str(spec), "--sweep-dir", str(sweep_dir), "--launcher", "slurm", "--partition", partition,
@@ -602,6 +608,8 @@ def test_sweep_of_two_node_members(partition, tmp_path):
                                                                    ("mask_ratio-0.75", "done", 2)], rows
     for member in members:
         assert "rank 0 of 2" in (Path(member["run_dir"]) / "log.txt").read_text()
+        assert yaml.safe_load((Path(member["run_dir"]) / "config.yaml").read_text())["data"]["sources"][0]["kind"] == \
+            "shards"
 
 
 @pytest.mark.parametrize("option, message", [
