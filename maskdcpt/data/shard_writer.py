@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import DataError
+from ..models.checkpoint import atomic_write  # the project's one atomic write (moving to maskdcpt/io.py)
 from .decode import SkipImage, read_image
 from .index import CorpusIndex
 
@@ -240,9 +241,8 @@ def write_shards(index: CorpusIndex, out: str | Path, *, shard_bytes: int = 512 
         "skipped_count": len(skipped),
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
     }
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / MANIFEST)
+    text = json.dumps(manifest, indent=1)
+    atomic_write(out / MANIFEST, lambda tmp: Path(tmp).write_text(text))  # the shards count only once it exists
     return ShardReport(out, written, skipped, seconds)
 
 
