@@ -305,6 +305,8 @@ def test_training_on_shards_killed_hard_resumes_with_the_same_samples_and_weight
     while not (runs / "killed" / "hold" / "held").exists():
         assert killed.poll() is None and time.time() < deadline, killed.communicate()[0]
         time.sleep(0.2)
+    workers = _descendants(killed.pid)  # the fork server and the two DataLoader workers it started
+    assert len(workers) >= 3, workers
     os.kill(killed.pid, signal.SIGKILL)  # at step 2, its checkpoint written, its two workers mid-prefetch
     killed.wait()
     resumed = _pretrain(runs, "killed", out, {})
@@ -316,6 +318,20 @@ def test_training_on_shards_killed_hard_resumes_with_the_same_samples_and_weight
     a, b = last_weights(runs / "whole"), last_weights(runs / "killed")
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
     assert (runs / "killed" / "val.jsonl").is_file()  # validation runs as with the index
+    # the killed run's workers did not outlive it (their parent, the fork server, did: torch's check missed it)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"], workers
+
+
+def _descendants(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children] + [d for c in children for d in _descendants(int(c))]
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
 
 
 def test_the_data_benchmark_compares_index_and_shards_and_times_sharding(tmp_path, capsys):

@@ -1,10 +1,13 @@
 """The training loader: an endless, resumable stream of batches for a step-based trainer."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -58,12 +61,31 @@ def _worker_context() -> multiprocessing.context.BaseContext:
 WORKER_CONTEXT = _worker_context()
 
 
-def _worker_init(worker_id: int) -> None:
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (tells it from a later process given the same number), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _exit_when_gone(trainer_pid: int, started: str | None) -> None:
+    while _process_start(trainer_pid) == started:
+        time.sleep(2.0)
+    os._exit(0)
+
+
+def _worker_init(worker_id: int, trainer_pid: int | None = None, trainer_started: str | None = None) -> None:
     # One thread per worker: the workers are the parallelism; nested pools only oversubscribe.
     import cv2
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    if trainer_pid is not None and trainer_started is not None:
+        # A worker's parent is the fork server, not the trainer: torch's own check (is my parent alive?) never fires
+        # when the trainer is killed (kill -9, OOM), and the workers with the fork server would outlive it for ever.
+        threading.Thread(target=_exit_when_gone, args=(trainer_pid, trainer_started), daemon=True).start()
 
 
 class TrainLoader:
@@ -104,7 +126,9 @@ class TrainLoader:
         self.sampler = self._make_sampler(self.step)
         loader = DataLoader(
             self.dataset, batch_sampler=self.sampler, num_workers=self.num_workers, collate_fn=collate,
-            worker_init_fn=_worker_init if self.num_workers else None, pin_memory=self.pin_memory,
+            worker_init_fn=functools.partial(_worker_init, trainer_pid=os.getpid(),
+                                             trainer_started=_process_start(os.getpid())) if self.num_workers else None,
+            pin_memory=self.pin_memory,
             prefetch_factor=4 if self.num_workers else None, persistent_workers=False,
             # Workers forked from a process whose OpenCV (or OpenMP) thread pool has run inherit a pool
             # without its threads and can hang at their first parallel call; the fork server forks them
