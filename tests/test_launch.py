@@ -244,21 +244,24 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
-def test_local_preemption_signal_checkpoints_requeues_and_ends_with_the_same_weights(tmp_path, in_repo):
+def test_local_preemption_signal_checkpoints_requeues_and_ends_with_the_same_weights(tmp_path, in_repo, monkeypatch):
     over = ["train.max_steps=40", "train.checkpoint_every=5"]
     reference = run_cluster_check(load_cluster_check_config(None, [*over, f"run.output_dir={tmp_path}", "run.name=ref"]))
     opts = LaunchOptions(launcher="local", timeout_min=5)
-    job = launch("cluster_check", None, [*over, "train.step_sleep_s=0.2", f"run.output_dir={tmp_path}"], opts)
-    ckpt = tmp_path / "cluster_check" / "checkpoints" / "last.ckpt"
+    run_dir = tmp_path / "cluster_check"
+    # the job waits after step 5 (its first checkpoint) until it is interrupted: no machine finishes it first
+    monkeypatch.setenv("MASKDCPT_HOLD_AT", f"{run_dir}@5")
+    job = launch("cluster_check", None, [*over, f"run.output_dir={tmp_path}"], opts)
     deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and not job.done():
+    while not (run_dir / "hold" / "held").exists():
+        assert time.time() < deadline and not job.done(), "the job never reached its hold step"
         time.sleep(0.2)
-    assert ckpt.exists() and not job.done(), "the job ended before it could be interrupted"
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
     # What the local controller does at a time-out, and SLURM at a preemption: USR2 to the task.
     for pid in _children(job._process.pid):
         os.kill(pid, signal.SIGUSR2)
     result = job.results()[0]
-    assert result["start_step"] >= 5, "the requeued job did not resume from its checkpoint"
+    assert result["start_step"] == 5, "the requeued job did not resume from its checkpoint"
     assert result["weights"] == reference["weights"]
     log = Path(job.paths.stdout.as_posix().replace("%t", "0")).read_text() + Path(job.paths.stderr).read_text()
     assert "requeueing; resume=" in log

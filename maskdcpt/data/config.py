@@ -14,7 +14,12 @@ class SourceConfig:
     """One corpus in the mixture.
 
     kind:    "synthetic" — clean images degraded on the fly by the engine;
-             "paired"    — LQ/GT folders of one degradation type (Rain13K, SIDD, GoPro, …).
+             "paired"    — LQ/GT folders of one degradation type (Rain13K, SIDD, GoPro, …);
+             "shards"    — a sharded corpus (``tools/shard_corpus.py``): each of its sources is synthetic
+                           (clean images) or paired (LQ and GT in one sample) as written.
+    shards:  shards only: the shard manifest (or the folder holding ``manifest.json``).
+    shuffle_block: shards only: samples per shuffle block (each data-loader worker holds one block of encoded
+             files in memory; a resumed run re-reads at most one block per worker).
     root:    a folder to scan (a clean tree, or a pair tree with LQ and GT folders), or
     index:   a saved corpus index (``tools/index_corpus.py``); an index with several sources
              contributes one mixture source per indexed source (each with its own type id).
@@ -28,9 +33,11 @@ class SourceConfig:
              real LQ images without ground truth (see ``DataConfig.pseudo_gt_ratio``).
     """
 
-    kind: Literal["synthetic", "paired"] = "synthetic"
+    kind: Literal["synthetic", "paired", "shards"] = "synthetic"
     root: str = ""
     index: str = ""
+    shards: str = ""
+    shuffle_block: int = ranged(256, ge=1)
     meta: str = ""
     type: str | int | None = ranged(None, ge=0, lt=NUM_TYPES)  # a name, or an id
     weight: float = ranged(1.0, ge=0)
@@ -76,10 +83,18 @@ class DataConfig:
         check_ranges(self, "data")
         for i, src in enumerate(self.sources):
             check_ranges(src, f"data.sources[{i}]")
-            if bool(src.root) == bool(src.index):
+            if src.kind not in ("synthetic", "paired", "shards"):
+                raise ValueError(f"data.sources[{i}].kind must be 'synthetic', 'paired' or 'shards', got {src.kind!r}")
+            if src.kind == "shards":
+                if not src.shards or src.root or src.index:
+                    raise ValueError(f"data.sources[{i}]: a 'shards' source takes 'shards' (its manifest), "
+                                     "not 'root' or 'index'")
+                if src.meta or src.prior or src.pseudo_gt:
+                    raise ValueError(f"data.sources[{i}]: 'meta', 'prior' and 'pseudo_gt' do not apply to shards")
+            elif src.shards:
+                raise ValueError(f"data.sources[{i}]: 'shards' needs kind: shards")
+            elif bool(src.root) == bool(src.index):
                 raise ValueError(f"data.sources[{i}]: give exactly one of 'root' or 'index'")
-            if src.kind not in ("synthetic", "paired"):
-                raise ValueError(f"data.sources[{i}].kind must be 'synthetic' or 'paired', got {src.kind!r}")
             if src.meta and src.kind != "paired":
                 raise ValueError(f"data.sources[{i}]: 'meta' applies to paired sources only")
             if (src.prior or src.pseudo_gt) and src.kind != "paired":

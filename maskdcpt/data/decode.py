@@ -136,18 +136,24 @@ def read_image(path: str, min_size: int = 1, keep_gray: bool = False) -> np.ndar
         raise SkipImage(path, "missing") from None
     except OSError as err:
         raise SkipImage(path, f"unreadable ({err.strerror})") from None
+    return decode_image(data, path, min_size, keep_gray)
+
+
+def decode_image(data: bytes, name: str, min_size: int = 1, keep_gray: bool = False) -> np.ndarray:
+    """An image file's bytes (read from disk or out of a shard) → as :func:`read_image`; ``name`` says where
+    they came from in the :class:`SkipImage` raised for unusable data."""
     if not data:
-        raise SkipImage(path, "empty")
+        raise SkipImage(name, "empty")
     array, reason = decode(data)
     if array is None:
-        raise SkipImage(path, reason)
+        raise SkipImage(name, reason)
     try:
         rgb = _to_rgb(array, keep_gray)
     except ValueError as err:
-        raise SkipImage(path, str(err)) from None
+        raise SkipImage(name, str(err)) from None
     h, w = rgb.shape[:2]
     if h < min_size or w < min_size:
-        raise SkipImage(path, f"too small ({h}x{w} < {min_size})")
+        raise SkipImage(name, f"too small ({h}x{w} < {min_size})")
     return rgb
 
 

@@ -1,8 +1,14 @@
 """The training loader: an endless, resumable stream of batches for a step-based trainer."""
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import multiprocessing
+import os
+import threading
+import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -15,6 +21,10 @@ from .sampler import MixtureSampler
 from .schedule import MixingSchedule
 
 log = logging.getLogger(__name__)
+
+# Debugging aid (and what the multi-node tests read): with MASKDCPT_DATA_TRACE=DIR each rank's loader appends one
+# JSON line per batch to DIR/rank<r>.jsonl: the step, the global sample positions and the sample keys.
+TRACE_ENV = "MASKDCPT_DATA_TRACE"
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -51,12 +61,31 @@ def _worker_context() -> multiprocessing.context.BaseContext:
 WORKER_CONTEXT = _worker_context()
 
 
-def _worker_init(worker_id: int) -> None:
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (tells it from a later process given the same number), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _exit_when_gone(trainer_pid: int, started: str | None) -> None:
+    while _process_start(trainer_pid) == started:
+        time.sleep(2.0)
+    os._exit(0)
+
+
+def _worker_init(worker_id: int, trainer_pid: int | None = None, trainer_started: str | None = None) -> None:
     # One thread per worker: the workers are the parallelism; nested pools only oversubscribe.
     import cv2
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    if trainer_pid is not None and trainer_started is not None:
+        # A worker's parent is the fork server, not the trainer: torch's own check (is my parent alive?) never fires
+        # when the trainer is killed (kill -9, OOM), and the workers with the fork server would outlive it for ever.
+        threading.Thread(target=_exit_when_gone, args=(trainer_pid, trainer_started), daemon=True).start()
 
 
 class TrainLoader:
@@ -82,6 +111,8 @@ class TrainLoader:
         self._epoch_skips: dict[str, str] = {}
         self.sampler = self._make_sampler(self.step)
         self._epoch = self.epoch_of(self.step)
+        trace = os.environ.get(TRACE_ENV, "")
+        self._trace = Path(trace) / f"rank{self.sampler.rank}.jsonl" if trace else None
 
     def _make_sampler(self, start_step: int) -> MixtureSampler:
         return MixtureSampler(**self._sampler_args, start_step=start_step)
@@ -95,7 +126,9 @@ class TrainLoader:
         self.sampler = self._make_sampler(self.step)
         loader = DataLoader(
             self.dataset, batch_sampler=self.sampler, num_workers=self.num_workers, collate_fn=collate,
-            worker_init_fn=_worker_init if self.num_workers else None, pin_memory=self.pin_memory,
+            worker_init_fn=functools.partial(_worker_init, trainer_pid=os.getpid(),
+                                             trainer_started=_process_start(os.getpid())) if self.num_workers else None,
+            pin_memory=self.pin_memory,
             prefetch_factor=4 if self.num_workers else None, persistent_workers=False,
             # Workers forked from a process whose OpenCV (or OpenMP) thread pool has run inherit a pool
             # without its threads and can hang at their first parallel call; the fork server forks them
@@ -104,8 +137,16 @@ class TrainLoader:
         )
         for batch in loader:
             self._account(batch.pop("skipped"))
+            if self._trace is not None:
+                self._write_trace(batch)
             self.step += 1
             yield batch
+
+    def _write_trace(self, batch: dict[str, Any]) -> None:
+        self._trace.parent.mkdir(parents=True, exist_ok=True)
+        line = {"step": self.step, "positions": batch["index"].tolist(), "keys": batch["key"].tolist()}
+        with open(self._trace, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def _account(self, skipped: list[str]) -> None:
         epoch = self.epoch_of(self.step)
@@ -133,10 +174,12 @@ def build_train_loader(cfg: DataConfig, *, seed: int, batch_size: int, rank: int
     Resuming: ``start_step=k`` yields exactly the batches k, k+1, … that an uninterrupted
     loader yields at those steps (every draw is a function of seed and global position).
     """
-    mixture = build_mixture(cfg, seed)
+    readers = max(int(num_workers), 1)  # each worker (or the process itself) reads its own lane of the shards
+    mixture = build_mixture(cfg, seed, lanes=world_size * readers)
     schedule = MixingSchedule.from_ratios(cfg.schedule) if cfg.schedule else None
     sampler_args = dict(
         sizes=mixture.sizes, kinds=mixture.kinds, weights=mixture.weights, seed=seed, batch_size=batch_size,
         crops_per_image=cfg.crops_per_image, rank=rank, world_size=world_size, schedule=schedule,
+        plans=mixture.plans, lanes_per_rank=readers,
     )
     return TrainLoader(mixture, sampler_args, num_workers=num_workers, start_step=start_step, pin_memory=pin_memory)

@@ -47,6 +47,7 @@ class Mixture:
     kinds: list[str]
     weights: list[float]
     type_ids: list[int]  # -1 for synthetic sources (the engine draws the type per sample)
+    plans: list[Any] | None = None  # per source: the LanePlan of a sharded source, else None
 
     @property
     def sizes(self) -> list[int]:
@@ -108,16 +109,59 @@ def _indices_of(src: SourceConfig, position: int) -> list[tuple[CorpusIndex, str
     return views
 
 
-def build_mixture(cfg: DataConfig, seed: int) -> Mixture:
-    """Every configured source (or the embedded default) as one :class:`MixtureDataset`."""
+def _shard_streams(src: SourceConfig, position: int, seed: int, first_id: int, lanes: int) -> list[Any]:
+    """One :class:`ShardStream` per source of a shard manifest."""
+    from .shards import ShardStream, load_manifest
+
+    try:
+        manifest = load_manifest(src.shards)
+        return [ShardStream(m, seed=seed, source_id=first_id + i, lanes=lanes, block=src.shuffle_block)
+                for i, m in enumerate(manifest)]
+    except (DataError, MissingFileError) as err:
+        raise type(err)(f"data.sources[{position}]: {err}") from None
+
+
+def build_mixture(cfg: DataConfig, seed: int, lanes: int = 1) -> Mixture:
+    """Every configured source (or the embedded default) as one :class:`MixtureDataset`. ``lanes``: the readers
+    that split sharded sources (ranks × data-loader workers; see :mod:`maskdcpt.data.shards`)."""
+    from .shards import ShardPairedSource, ShardSyntheticSource
+
     engine = None
     sources: list[CroppingSource] = []
     kinds: list[str] = []
     weights: list[float] = []
     type_ids: list[int] = []
     pseudo: list[bool] = []
+    plans: list[Any] = []
     configured = cfg.sources or [None]
     for position, src in enumerate(configured):
+        if src is not None and src.kind == "shards":
+            streams = _shard_streams(src, position, seed, len(sources), lanes)
+            synthetic_items = sum(len(s) for s in streams if s.source.kind == "clean")
+            declared = type_id_of(src.type, cfg.engine.label_names)
+            for stream in streams:
+                sid = len(sources)
+                common = dict(source_id=sid, seed=seed, crop_size=cfg.crop_size, min_size=cfg.effective_min_size,
+                              name=src.name or stream.name)
+                if stream.source.kind == "clean":
+                    if engine is None:
+                        engine = DegradationEngine(cfg.engine)
+                    sources.append(ShardSyntheticSource(stream, engine, **common))
+                    weights.append(src.weight * len(stream) / synthetic_items)
+                    kinds.append("synthetic")
+                    type_ids.append(-1)
+                else:
+                    tid = declared if declared is not None else stream.source.type_id
+                    if tid < 0:
+                        raise ValueError(f"data.sources[{position}] ({stream.name}): paired shards need their "
+                                         "degradation 'type' (name or id), in the config or the manifest")
+                    sources.append(ShardPairedSource(stream, tid, **common))
+                    weights.append(src.weight)
+                    kinds.append("paired")
+                    type_ids.append(tid)
+                pseudo.append(False)
+                plans.append(stream.plan)
+            continue
         if src is None:
             views, kind, weight, declared = [(default_index(), "skimage-default")], "synthetic", 1.0, None
         else:
@@ -143,13 +187,14 @@ def build_mixture(cfg: DataConfig, seed: int) -> Mixture:
                 type_ids.append(tid)
                 pseudo.append(src.pseudo_gt)
             kinds.append(kind)
+            plans.append(None)
             if kind == "synthetic":
                 pseudo.append(False)
     if cfg.class_balanced:
         weights = class_balanced_weights(type_ids, weights)
     if cfg.pseudo_gt_ratio is not None:
         weights = pseudo_gt_weights(kinds, pseudo, weights, cfg.pseudo_gt_ratio)
-    return Mixture(MixtureDataset(sources), kinds, weights, type_ids)
+    return Mixture(MixtureDataset(sources), kinds, weights, type_ids, plans)
 
 
 def pseudo_gt_weights(kinds: Sequence[str], pseudo: Sequence[bool], weights: Sequence[float], ratio: float) -> list[float]:

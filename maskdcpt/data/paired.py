@@ -39,8 +39,7 @@ class PairedSource(CroppingSource):
     def __init__(self, index: CorpusIndex, type_id: int, *, source_id: int, seed: int, crop_size: int = 128,
                  min_size: int = 0, name: str = "paired", prior_dir: str = ""):
         super().__init__(index, source_id=source_id, seed=seed, crop_size=crop_size, min_size=min_size, name=name)
-        if index.sources[int(index.source[0])].kind != "paired":
-            raise ValueError(f"paired source {name!r}: its index holds clean images, not LQ/GT folders")
+        self.check_index()
         if not 0 <= int(type_id):
             raise ValueError(f"paired source {name!r}: declare its degradation type (got type id {type_id})")
         self.type_id = int(type_id)
@@ -48,10 +47,18 @@ class PairedSource(CroppingSource):
         if prior_dir and not os.path.isdir(prior_dir):
             raise ValueError(f"paired source {name!r}: prior folder {prior_dir!r} does not exist")
 
+    def check_index(self) -> None:
+        if self.index.sources[int(self.index.source[0])].kind != "paired":
+            raise ValueError(f"paired source {self.name!r}: its index holds clean images, not LQ/GT folders")
+
+    def describe(self, item: int) -> str:
+        """Where item ``item`` comes from (the ``pair`` of its sample's params)."""
+        return self.index.relpath(item)
+
     def prior_path(self, lq_path: str) -> str:
         return find_prior(self.prior_dir, lq_path)
 
-    def _read(self, item: int) -> tuple[np.ndarray, ...]:
+    def _read(self, item: int, epoch: int = 0) -> tuple[np.ndarray, ...]:
         gt = self.read_checked(self.index.path(item))
         lq_path = self.index.lq_path(item)
         lq = self.read_checked(lq_path)
@@ -72,7 +79,7 @@ class PairedSource(CroppingSource):
         top, left, k = draw_geometry(self.geometry_rng(epoch, item, crop), gt.shape[0], gt.shape[1], self.crop_size)
         lq_crop = self.to_chw(crop_and_transform(lq, top, left, self.crop_size, k))
         gt_crop = self.to_chw(crop_and_transform(gt, top, left, self.crop_size, k))
-        params = {"pair": self.index.relpath(used), "source": self.name}
+        params = {"pair": self.describe(used), "source": self.name}
         record = self.record(lq_crop, gt_crop, self.type_id, UNKNOWN_LEVEL, self.source_id, params,
                              (self.source_id, epoch, item, crop), position, skipped)
         if prior:  # the same window and flip/rot90 as LQ and GT

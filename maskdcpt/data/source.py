@@ -50,8 +50,9 @@ class CroppingSource:
         state["_cache"] = OrderedDict()  # never ship decoded pixels to workers
         return state
 
-    def _read(self, item: int) -> Any:
-        """Decode item ``item``; subclasses return an array or a tuple of arrays."""
+    def _read(self, item: int, epoch: int = 0) -> Any:
+        """Decode item ``item`` (of source epoch ``epoch``: a sharded source reads by epoch); subclasses return an
+        array or a tuple of arrays."""
         raise NotImplementedError
 
     def load(self, epoch: int, item: int, skipped: list[str]) -> tuple[int, Any]:
@@ -67,7 +68,7 @@ class CroppingSource:
                 reasons.append(self._bad[item][1])
             else:
                 try:
-                    data = self._read(item)
+                    data = self._read(item, epoch)
                     self.decodes += 1
                     self._cache[item] = data
                     while len(self._cache) > self.cache_size:

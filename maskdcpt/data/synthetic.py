@@ -28,7 +28,7 @@ class SyntheticSource(CroppingSource):
         super().__init__(index, source_id=source_id, seed=seed, crop_size=crop_size, min_size=min_size, name=name)
         self.engine = engine if isinstance(engine, DegradationEngine) else DegradationEngine(engine)
 
-    def _read(self, item: int) -> np.ndarray:
+    def _read(self, item: int, epoch: int = 0) -> np.ndarray:
         return self.read_checked(self.index.path(item))
 
     def sample(self, key: tuple[int, ...]) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -126,12 +128,60 @@ def executor_parameters(opts: LaunchOptions) -> dict[str, Any]:
     return params
 
 
+def _partitions() -> dict[str, dict[str, str]] | None:
+    """``scontrol show partition`` as {name: fields}; None where the SLURM client tools cannot tell (not installed,
+    no controller answering: then sbatch reports the problem itself)."""
+    if shutil.which("scontrol") is None:
+        return None
+    try:
+        out = subprocess.run(["scontrol", "show", "partition", "-o"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return None
+    if out.returncode != 0:
+        return None
+    parts = {}
+    for line in out.stdout.splitlines():
+        fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+        if "PartitionName" in fields:
+            parts[fields["PartitionName"]] = fields
+    return parts
+
+
+def check_slurm_request(opts: LaunchOptions) -> None:
+    """Refuse, before anything is submitted, a request that the cluster can never run: a partition that does not
+    exist, or more nodes than the partition has. SLURM itself queues such a job and leaves it pending for ever
+    (reason ``PartitionNodeLimit`` / ``PartitionConfig``), or fails it with a message about another option."""
+    parts = _partitions()
+    if not parts:
+        return
+    if opts.partition is not None:
+        name = opts.partition
+        if name not in parts:
+            raise ConfigError(f"--partition {name!r} does not exist on this cluster; its partitions: "
+                              f"{', '.join(sorted(parts))} (`sinfo -s` lists them)")
+    else:
+        name = next((n for n, f in parts.items() if f.get("Default") == "YES"), None)
+        if name is None:
+            raise ConfigError(f"this cluster has no default partition; choose one with --partition "
+                              f"({', '.join(sorted(parts))})")
+    fields = parts[name]
+    total = fields.get("TotalNodes", "")
+    if total.isdigit() and opts.nodes > int(total):
+        raise ConfigError(f"--nodes {opts.nodes}: partition {name!r} has {total} node(s) ({fields.get('Nodes', '?')}); "
+                          f"ask for at most {total}, or choose a larger partition")
+    max_nodes = fields.get("MaxNodes", "UNLIMITED")
+    if max_nodes.isdigit() and opts.nodes > int(max_nodes):
+        raise ConfigError(f"--nodes {opts.nodes}: partition {name!r} allows at most {max_nodes} node(s) per job")
+
+
 def build_executor(opts: LaunchOptions, folder: str | Path) -> Any:
     """A submitit executor for ``opts`` writing its job files to ``folder`` (may contain ``%j``)."""
     import submitit
 
     if opts.launcher == "none":
         raise ValueError("launcher 'none' runs in-process and has no executor")
+    if opts.launcher == "slurm":
+        check_slurm_request(opts)
     kwargs: dict[str, Any] = {}
     if opts.launcher == "slurm":
         kwargs["slurm_max_num_timeout"] = opts.max_requeues

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,13 +40,13 @@ class TrainingJob:
         cfg = target.config(self.config_path, self.overrides)
         run = target.function("run")
         if not target.accepts_resume():
-            return run(cfg)
+            return _where(run(cfg))
         resume = self.resume
         if resume is False and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0:
             # `scontrol requeue` (or a node failure) reruns the original pickle: --no-resume meant
             # "do not continue an older run", never "throw away this job's own progress".
             resume = "auto"
-        return run(cfg, resume=resume)
+        return _where(run(cfg, resume=resume))
 
     def last_checkpoint(self) -> Path:
         target: Target = self.target  # type: ignore[assignment]
@@ -102,6 +103,15 @@ class ToolJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(dataclasses.replace(self))
+
+
+def _where(result: Any) -> Any:
+    """A task's result, with the rank that returned it and the node it ran on (multi-node jobs are checked by them)."""
+    if isinstance(result, dict):
+        result = dict(result)
+        result.setdefault("rank", int(os.environ.get("RANK", "0")))
+        result.setdefault("node", os.environ.get("SLURMD_NODENAME") or socket.gethostname())
+    return result
 
 
 def export_distributed_environment() -> dict[str, str]:

@@ -185,8 +185,8 @@ def submit_sweep(spec: SweepSpec, sweep_dir: str | Path, opts: LaunchOptions, ex
     target = resolve_target(spec.target)
     base_config = resolve_base_config(spec.base_config, spec_source)
     jobs_spec = check_members(spec, sweep_dir, extra_overrides, base_config)
+    executor = build_executor(opts, sweep_dir / "slurm" / "%j")  # refuses what the cluster can never run
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    executor = build_executor(opts, sweep_dir / "slurm" / "%j")
     with executor.batch():
         jobs = [executor.submit(TrainingJob(target, base_config, overrides)) for _, overrides, _ in jobs_spec]
     remove_unexpanded_folder(sweep_dir / "slurm" / "%j")

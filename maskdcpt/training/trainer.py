@@ -26,7 +26,8 @@ from ..config import flatten, ranged
 from ..errors import CheckpointError, ConfigError, MissingFileError, UserError
 from ..io import remove_stale_temporaries, save_weights
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
-from .distributed import DistInfo, all_reduce_mean, all_reduce_sum
+from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, state_digest
+from .hold import StepHold
 from .logging import RunLog, TensorBoardLogger
 from .optim import OptimConfig, ParamGroup, build_optimizer, build_scheduler
 from .termination import TerminationRequested, TerminationWatch
@@ -389,6 +390,7 @@ class Trainer:
         t_wait = t_total = 0.0
         global_batch = cfg.batch_size
         termination = self.termination
+        hold = StepHold.from_environment(self.run_dir)  # a test hook; None unless MASKDCPT_HOLD_AT names this run
         try:
             termination.__enter__()
             if self.step == 0:
@@ -432,6 +434,8 @@ class Trainer:
                 saved = self.step == cfg.max_steps or (due(self.step, cfg.checkpoint_every) and not self.bad_in_row)
                 if saved:
                     self.save_checkpoint()
+                if hold is not None:
+                    hold.reached(self.step, self.dist.rank)
                 if termination.requested:
                     self._checkpoint_on_termination(termination, saved)
         finally:
@@ -549,7 +553,8 @@ class Trainer:
                 path.write_text(json.dumps(metrics, indent=2))
             else:
                 metrics = json.loads(path.read_text())
-        return metrics
+        # every rank's own weights, so that a launcher (or a test) can see that DDP replicas ended identical
+        return {**metrics, "weights_sha256": state_digest(self.task.model.state_dict())}
 
     def _train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         cfg = self.cfg

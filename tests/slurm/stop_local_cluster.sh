@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Stop the daemons started by start_local_cluster.sh, by their pid files (munged is left running:
-# it is harmless and other users of the machine may rely on it). Idempotent.
+# Stop the daemons started by start_local_cluster.sh (the controller and every node daemon), by their pid
+# files (munged is left running: it is harmless and other users of the machine may rely on it). Idempotent.
 set -uo pipefail
 
 STATE="${MASKDCPT_SLURM_STATE:-/tmp/maskdcpt-slurm}"
@@ -18,5 +18,10 @@ stop_by_pidfile() {
     rm -f "$pidfile"
 }
 
-stop_by_pidfile slurmd "$STATE/run/slurmd.pid"
+# one node daemon per node name (slurmd-n1.pid, …); slurmd.pid: a one-node cluster of an earlier version
+for pidfile in "$STATE"/run/slurmd-*.pid "$STATE/run/slurmd.pid"; do
+    [ -e "$pidfile" ] || continue
+    name="$(basename "$pidfile" .pid)"
+    stop_by_pidfile "${name/-/ -N }" "$pidfile"
+done
 stop_by_pidfile slurmctld "$STATE/run/slurmctld.pid"
