@@ -9,6 +9,7 @@ import pytest
 from maskdcpt.benchmarks import gpu
 
 
+@pytest.mark.slow  # every measurement once at CPU size, the trainer run included
 def test_quick_run_writes_every_key_of_the_table(tmp_path, capsys):
     assert gpu.main(["--quick", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu.json").read_text())

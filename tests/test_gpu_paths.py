@@ -204,6 +204,7 @@ def _steps(loss_fn, params, n: int) -> list[tuple[float, list[torch.Tensor]]]:
     return out
 
 
+@pytest.mark.slow  # inductor compiles the forward and backward graphs: a minute or more on 2 cores
 def test_compiled_dense_step_equals_eager_without_recompiling():
     torch._dynamo.reset()
     batch = _batch(3, size=32, n=2)
@@ -226,6 +227,8 @@ def test_compiled_dense_step_equals_eager_without_recompiling():
             torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1500)  # inductor: over 10 minutes on a loaded 2-core machine (the dense step 7)
 def test_compiled_maskdcpt_step_equals_eager_without_recompiling():
     """The pre-training step (keep maps, masked forward, three losses) compiled with inductor: the loss terms and
     gradients of eager (packed path) and compiled (zero-filled maps: static shapes) agree; no recompilation."""
