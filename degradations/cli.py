@@ -86,12 +86,19 @@ def level_grid(count: int) -> list[float]:
 
 
 def load_inputs(folder: str | None, crop: int) -> list[tuple[str, np.ndarray]]:
-    """(stem, uint8 RGB) for every image in ``folder`` (sorted), or the bundled sample photos."""
+    """(stem, uint8 RGB) for every image in ``folder`` (sorted), for one image file, or the bundled sample photos."""
     if folder is None:
         images = sample_photos()
+    elif os.path.isfile(folder):
+        if not folder.lower().endswith(IMAGE_EXTENSIONS):
+            raise ValueError(f"input {folder!r} is neither a folder nor an image ({', '.join(IMAGE_EXTENSIONS)})")
+        image = read_rgb(folder)
+        if image is None:
+            raise ValueError(f"cannot read image {folder!r}")
+        images = [(os.path.splitext(os.path.basename(folder))[0], image)]
     else:
         if not os.path.isdir(folder):
-            raise ValueError(f"input folder {folder!r} does not exist")
+            raise ValueError(f"input {folder!r} does not exist (give a folder of images or one image)")
         images = []
         for name in sorted(os.listdir(folder)):
             if name.lower().endswith(IMAGE_EXTENSIONS):
@@ -122,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
     levels = level_grid(args.levels)
     images = load_inputs(args.input, args.crop)
     os.makedirs(args.output, exist_ok=True)
+    if args.sheet:  # its folder now, not after every image is written
+        sheet_dir = os.path.dirname(os.path.abspath(args.sheet))
+        if os.path.exists(sheet_dir) and not os.path.isdir(sheet_dir):
+            raise ValueError(f"--sheet: {sheet_dir} is a file, not a folder")
+        os.makedirs(sheet_dir, exist_ok=True)
     engine = DegradationEngine(config)  # apply() takes any of its types, selected or not
     sheet_rows: list[list[Tile]] = []
     progress = tqdm(total=len(images) * len(names) * len(levels), desc="degrade", unit="img", dynamic_ncols=True)
@@ -161,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tools/degrade.py",
         description="Degrade a folder of images (default: scikit-image's sample photos) and label every output.",
     )
-    parser.add_argument("paths", nargs="*", metavar="[INPUT] OUTPUT", help="input folder (optional) and output folder")
+    parser.add_argument("paths", nargs="*", metavar="[INPUT] OUTPUT",
+                        help="input folder or image (optional) and output folder")
     parser.add_argument("--list", action="store_true", help="print the types as 'id name' and exit (the 19, then --config's extra types)")
     parser.add_argument("--config", help="engine config YAML (or a training config's data.engine): parameters and extra types")
     parser.add_argument("--types", default=None,
@@ -198,4 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a folder that cannot be made or written, a full disk
+        print(f"error: {error.filename or args.output}: {error.strerror or error}", file=sys.stderr)
         return 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import os
+
 import cv2
 import numpy as np
 
@@ -58,6 +60,14 @@ def read_rgb(path: str) -> np.ndarray | None:
 
 
 def write_png(path: str, rgb: np.ndarray) -> None:
-    """Write an RGB uint8 image as PNG; ValueError naming the path if OpenCV cannot."""
-    if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise ValueError(f"cannot write image {path!r}")
+    """Write an RGB uint8 image (PNG, or the format the suffix names). Encoded by OpenCV but written by Python, so that a missing folder, a
+    read-only one or a full disk raises an OSError naming the path and the reason (``cv2.imwrite`` only says False)."""
+    suffix = os.path.splitext(path)[1] or ".png"
+    try:
+        ok, encoded = cv2.imencode(suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise ValueError(f"cannot write image {path!r}: OpenCV has no encoder for {suffix!r}")
+    with open(path, "wb") as f:
+        f.write(encoded.tobytes())

@@ -51,22 +51,20 @@ class DegradationType:
     description: str
     fn: DegradeFn
     ranges: Mapping[str, Any] = field(default_factory=dict)
-    # Optional batched implementation on torch tensors (B,3,H,W) for a GPU path; same signature
-    # with a torch.Generator. None means the type runs only on the CPU path.
-    torch_fn: Callable | None = None
 
 
 _REGISTRY: dict[str, DegradationType] = {}
 
 
-def register(name: str, ranges: Mapping[str, Any] | None = None, torch_fn: Callable | None = None):
-    """Decorator attaching an implementation to a name of :data:`TYPE_TABLE`."""
+def register(name: str, ranges: Mapping[str, Any] | None = None):
+    """Decorator attaching an implementation to a name of :data:`TYPE_TABLE`. (A type's batched torch form, where it
+    has one, is a row of ``torch_ops.TORCH_FNS``: the only module of ``degradations`` that imports torch.)"""
     if name not in TYPE_IDS:
         raise ValueError(f"unknown degradation type {name!r}; valid: {', '.join(TYPE_NAMES)}")
 
     def wrap(fn: DegradeFn) -> DegradeFn:
         row = TYPE_TABLE[TYPE_IDS[name]]
-        _REGISTRY[name] = DegradationType(row[0], row[1], row[2], row[3], fn, dict(ranges or {}), torch_fn)
+        _REGISTRY[name] = DegradationType(row[0], row[1], row[2], row[3], fn, dict(ranges or {}))
         return fn
 
     return wrap

@@ -43,15 +43,29 @@ def describe_os_error(err: OSError) -> str:
     return f"{path}: {err.strerror or err}" + (f" ({hint})" if hint else "")
 
 
+def _one_line(err: UserError) -> str:
+    """The error's own message. A DataLoader worker's error reaches the main process with the worker's traceback
+    inside its message ("Caught DataError in DataLoader worker process 0. Original Traceback …"); its last line
+    holds the original message."""
+    text = str(err)
+    if "\nOriginal Traceback" in text:
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return text
+
+
 def tool_main(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Decorate a tool's ``main(argv=None)``: the user's problems become one line on stderr and status 2."""
+    """Decorate a tool's ``main(argv=None)``: the user's problems become one line on stderr and status 2; Ctrl-C
+    that reaches it (a tool without a training loop, or a second Ctrl-C in one) ends with one line and status 130."""
 
     @functools.wraps(main)
     def wrapped(*args: Any, **kwargs: Any) -> int:
         try:
             return main(*args, **kwargs) or 0
         except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {_one_line(err)}", file=sys.stderr)
+        except KeyboardInterrupt:  # a second Ctrl-C (the first stops training with a checkpoint)
+            print("interrupted", file=sys.stderr)
+            return 130
         except OSError as err:
             if err.errno not in _ENVIRONMENT_ERRNOS:
                 raise
@@ -88,3 +102,4 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     if extra:
         args.overrides = [*extra, *getattr(args, "overrides", [])]
     return args
+

@@ -17,6 +17,7 @@ section, :func:`fixed_field`) may not change when a run resumes (see ``maskdcpt.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -105,6 +106,17 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads "2e-3" and "1e3" (no dot) as strings: what Python reads as a number becomes one (an integer
+    field then takes an integral one, ``train.max_steps: 1e5``); anything else is returned unchanged."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
     """Check and convert ``value`` to the annotated type ``tp``; ``path`` names it in errors."""
     origin = typing.get_origin(tp)
@@ -153,16 +165,13 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             return value
         raise ConfigError(f"{path}: expected true/false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        number = _number(value)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
+                or int(number) != number:
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return int(value)
+        return int(number)
     if tp is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads "2e-3" (no dot) as a string; accept what Python reads as a number.
-            try:
-                value = float(value)
-            except ValueError:
-                pass
+        value = _number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
         return float(value)
@@ -231,12 +240,13 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config dict (``to_dict``'s) → ``{"train.max_steps": 300, …}``; lists stay values."""
+def flatten(data: Any, prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """A nested dict (a config's ``to_dict``, metrics) → ``{"train.max_steps": 300, …}``, keys joined by ``sep``;
+    lists and empty mappings stay values (callers that want only some leaves filter the result)."""
     if isinstance(data, Mapping) and data:
         out: dict[str, Any] = {}
         for key, value in data.items():
-            out.update(flatten(value, _join(prefix, str(key))))
+            out.update(flatten(value, f"{prefix}{sep}{key}" if prefix else str(key), sep))
         return out
     return {prefix: data}
 
@@ -339,8 +349,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterabl
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically: a run killed meanwhile keeps the previous file)."""
-    from .models.checkpoint import atomic_write
+    """Write the resolved config (a config dataclass, or its ``to_dict``) as YAML (atomically: a run killed
+    meanwhile keeps the previous file)."""
+    from .io import atomic_write
 
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    text = yaml.safe_dump(cfg if isinstance(cfg, Mapping) else to_dict(cfg), sort_keys=False)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -168,5 +168,14 @@ def test_benchmark_errors(tmp_path):
         find_benchmark("7d", tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         find_benchmark("5d", tmp_path / "nowhere")
-    with pytest.raises(MissingFileError, match=r"no test set of benchmark 5d found under .*\nSOTS-outdoor \(Dehaze\)"):
-        evaluate_benchmark(Brighten(), "5d", tmp_path, log=lambda s: None)
+    logged = []
+    with pytest.raises(MissingFileError, match=r"no test set of benchmark 5d found under .* \(each is named above"):
+        evaluate_benchmark(Brighten(), "5d", tmp_path, log=logged.append)
+    # each missing set named once, in the log; the error itself is one line
+    assert len(logged) == 7 and len(set(logged)) == 7 and logged[0].startswith("missing: SOTS-outdoor (Dehaze)")
+    # a set whose folders exist but hold nothing is empty, not absent
+    for sub in ("hazy", "gt"):
+        (tmp_path / "SOTS" / "outdoor" / sub).mkdir(parents=True)
+    _, missing = find_benchmark("5d", tmp_path)
+    sots = tmp_path / "SOTS" / "outdoor"
+    assert missing[0] == f"SOTS-outdoor (Dehaze): {sots / 'hazy'} and {sots / 'gt'} are empty (no .png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp images)"

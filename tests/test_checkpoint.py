@@ -1,8 +1,7 @@
 """Weight files: release layouts, wrappers and prefixes, reports by name, refusal of executable pickles, atomic
-writes, and where the checkpoint code lives."""
+writes, and where the file code lives (the layering of the packages: tests/test_architecture.py)."""
 from __future__ import annotations
 
-import ast
 import os
 import pickle
 import stat
@@ -12,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskdcpt.models import create_model, load_pretrained, load_restorer, read_state_dict, save_weights
 from maskdcpt.errors import CheckpointError
-from maskdcpt.models.checkpoint import atomic_write, read_metadata, remove_stale_temporaries, unwrap_state_dict
+from maskdcpt.io import atomic_write, read_metadata, read_state_dict, remove_stale_temporaries, save_weights, unwrap_state_dict
+from maskdcpt.models import create_model, load_pretrained, load_restorer
 from maskdcpt.models.nafnet import checkpoint_filter_fn
 from maskdcpt.training.checkpoint import load_state, save_state
 from maskdcpt.training.finetune import load_pretrained_weights
@@ -289,32 +288,6 @@ def test_stale_temporaries_of_killed_writes_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden.tmp", "last.ckpt"]
 
 
-def _imports(file: Path) -> set[str]:
-    """The absolute module names ``file`` (in maskdcpt/) imports, relative imports resolved."""
-    package = list(file.relative_to(ROOT).with_suffix("").parts[:-1])
-    names = set()
-    for node in ast.walk(ast.parse(file.read_text())):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = package[: len(package) - node.level + 1] if node.level else []
-            names.add(".".join([*base, *(node.module or "").split(".")]).strip("."))
-    return names
-
-
-@pytest.mark.parametrize("package, forbidden", [
-    ("models", ("maskdcpt.training", "maskdcpt.evaluation", "maskdcpt.launch", "maskdcpt.data")),
-    ("training", ("maskdcpt.evaluation", "maskdcpt.launch")),
-])
-def test_layering_models_import_nothing_of_training_and_training_nothing_of_evaluation(package, forbidden):
-    # training's validation computes PSNR/SSIM: the metric definitions are pure functions, the one part of
-    # evaluation below training; evaluation's restorer loading and tools stay above it
-    allowed = ("maskdcpt.evaluation.metrics",)
-    for file in sorted((ROOT / "maskdcpt" / package).glob("*.py")):
-        bad = sorted(n for n in _imports(file) if n.startswith(forbidden) and n not in allowed)
-        assert not bad, f"{file.relative_to(ROOT)} imports {bad}"
-
-
 def test_torch_load_lives_in_one_module():
     users = sorted(str(f.relative_to(ROOT)) for f in (ROOT / "maskdcpt").rglob("*.py") if "torch.load(" in f.read_text())
-    assert users == ["maskdcpt/models/checkpoint.py"]
+    assert users == ["maskdcpt/io.py"]

@@ -99,7 +99,7 @@ def test_paired_size_mismatch_is_skipped_and_substituted(tmp_path):
         cv2.imwrite(str(root / "lq" / f"{i}.png"), np.full(lq_size + (3,), 90, np.uint8))
     source = PairedSource(CorpusIndex.build([root], type_ids=[1]), 1, source_id=0, seed=0, crop_size=32)
     s = source.sample((0, 0, 1, 0, 0))
-    assert len(s["skipped"]) == 1 and "1.png: LQ size 64x60 differs from GT 64x64" in s["skipped"][0]
+    assert len(s["skipped"]) == 1 and "1.png: LQ and GT differ in size (LQ 64x60, GT 64x64)" in s["skipped"][0]
     assert json.loads(s["params"])["pair"] == "gt/0.png"  # the substitute, drawn deterministically
     with pytest.raises(ValueError, match="declare its degradation type"):
         PairedSource(CorpusIndex.build([root]), -1, source_id=0, seed=0, crop_size=32)

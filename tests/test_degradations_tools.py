@@ -67,7 +67,7 @@ def test_degrade_folder_end_to_end(tmp_path):
 
 def test_bad_arguments_give_clear_errors(tmp_path):
     result = run_tool(str(tmp_path / "missing"), str(tmp_path / "out"))
-    assert result.returncode == 2 and "input folder" in result.stderr and "does not exist" in result.stderr
+    assert result.returncode == 2 and "does not exist (give a folder of images or one image)" in result.stderr
     (tmp_path / "empty").mkdir()
     result = run_tool(str(tmp_path / "empty"), str(tmp_path / "out"))
     assert result.returncode == 2 and "holds no images" in result.stderr

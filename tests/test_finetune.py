@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from maskdcpt.errors import CheckpointError
 from maskdcpt.models import build_maskdcpt, create_model
-from maskdcpt.models.checkpoint import load_restorer, save_weights
+from maskdcpt.io import save_weights
+from maskdcpt.models.checkpoint import load_restorer
 from maskdcpt.models.prior import add_prior_channels
 from maskdcpt.training.distributed import DistInfo
 from maskdcpt.training.finetune import FinetuneTask, load_finetune_config, load_pretrained_weights

@@ -311,8 +311,8 @@ def test_sweep_command_line_takes_overrides_after_options_and_names_bad_input(tm
     spec = REPO / "configs" / "sweeps" / "maskdcpt_ablation.yaml"
     assert main([str(spec), "--dry-run", "--sweep-dir", str(tmp_path), "train.max_steps=10"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 10
-    assert lines[0] == f"no_mask: model.mask_ratio=0 train.max_steps=10 run.output_dir={tmp_path} run.name=no_mask"
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--collect", str(tmp_path / "missing")])
-    assert exit_info.value.code == 2 and "no manifest.json" in capsys.readouterr().err
+    assert len(lines) == 11
+    assert lines[0] == f"base config: {REPO / 'configs' / 'pretrain' / 'nafnet_uir.yaml'}"
+    assert lines[1] == f"no_mask: model.mask_ratio=0 train.max_steps=10 run.output_dir={tmp_path} run.name=no_mask"
+    assert main(["--collect", str(tmp_path / "missing")]) == 2  # the user's error in one line, as every tool ends it
+    assert capsys.readouterr().err == f"error: {str(tmp_path / 'missing')!r} is not a sweep folder: no manifest.json\n"

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from maskdcpt.errors import DataError
+
 from maskdcpt.evaluation import lpips as lpips_module
 from maskdcpt.evaluation import niqe, piqe
 from maskdcpt.evaluation.no_reference import score_folder
@@ -80,8 +82,8 @@ def test_outputs_only_and_errors(real_photos):
     result = score_folder(real_photos / "out", progress=False, log=lambda s: None)
     assert result.metrics == ["niqe", "piqe"] and len(result.images) == 3
     (real_photos / "out" / "extra.png").write_bytes((real_photos / "out" / "chelsea.png").read_bytes())
-    with pytest.raises(ValueError, match=r"no input in .*in for 1 outputs: extra.png"):
+    with pytest.raises(DataError, match=r"no image in .*in has the name \(or stem\) of 1 of the 4 outputs: extra.png;"):
         score_folder(real_photos / "out", real_photos / "in", progress=False, log=lambda s: None)
     (real_photos / "empty").mkdir()
-    with pytest.raises(ValueError, match="no images in .*empty"):
+    with pytest.raises(DataError, match=r"no images \(.*\) in .*empty"):
         score_folder(real_photos / "empty", progress=False, log=lambda s: None)

@@ -187,7 +187,7 @@ def test_restore_tool_restores_every_readable_input_and_names_the_rest(tmp_path,
 def test_restore_tool_refuses_an_output_that_is_a_file_and_weights_that_are_not_a_restorer(tmp_path, restorer_file,
                                                                                            capsys):
     from maskdcpt.models import build_maskdcpt
-    from maskdcpt.models.checkpoint import save_weights
+    from maskdcpt.io import save_weights
 
     src = tmp_path / "in"
     src.mkdir()

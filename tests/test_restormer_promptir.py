@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskdcpt.models.checkpoint import unwrap_state_dict
+from maskdcpt.io import unwrap_state_dict
 from maskdcpt.models.masking import LayerNorm2d, random_keep_map
 from maskdcpt.models.promptir import PromptGenBlock, promptir, promptir_tiny
 from maskdcpt.models.restormer import (

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskdcpt.models.checkpoint import load_pretrained, unwrap_state_dict
+from maskdcpt.io import unwrap_state_dict
+from maskdcpt.models.checkpoint import load_pretrained
 from maskdcpt.models.registry import _MODELS
 from maskdcpt.models.swinir import (
     RGB_MEAN,

@@ -6,6 +6,9 @@ Each subject lives in a library module with a ``main(argv)``; ``--help`` after t
 import importlib
 import sys
 
+from maskdcpt.cli import tool_main
+from maskdcpt.errors import ConfigError
+
 SUBJECTS = {
     "degradations": "degradations.benchmark",
     "models": "maskdcpt.benchmarks.models",
@@ -13,17 +16,20 @@ SUBJECTS = {
     "pretrain": "maskdcpt.benchmarks.pretrain",
     "gpu": "maskdcpt.benchmarks.gpu",
 }
+USAGE = f"usage: python tools/benchmark.py {{{','.join(SUBJECTS)}}} [options]"
 
 
-def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBJECTS:
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"unknown benchmark {argv[0]!r}", file=sys.stderr)
-        print(f"usage: python tools/benchmark.py {{{','.join(SUBJECTS)}}} [options]", file=sys.stderr)
+@tool_main
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr)
         return 2
+    if argv[0] not in SUBJECTS:
+        raise ConfigError(f"unknown benchmark {argv[0]!r}; one of {', '.join(SUBJECTS)} ({USAGE.removeprefix('usage: ')})")
     module = importlib.import_module(SUBJECTS[argv[0]])
     return module.main(argv[1:]) or 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

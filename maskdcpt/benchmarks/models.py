@@ -20,6 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from degradations import NUM_TYPES
+
+from maskdcpt.errors import ConfigError
 from maskdcpt.models import build_maskdcpt, create_model, list_models
 from maskdcpt.models.masking import random_keep_map
 
@@ -64,7 +67,7 @@ def select_models(patterns: str) -> list[str]:
     for pattern in (p.strip() for p in patterns.split(",")):
         hits = [n for n in names if (fnmatch.fnmatch(n, pattern) if any(c in pattern for c in "*?[") else pattern in n)]
         if not hits:
-            raise ValueError(f"--models pattern {pattern!r} matches none of: {', '.join(names)}")
+            raise ConfigError(f"--models pattern {pattern!r} matches none of: {', '.join(names)}")
         chosen += [n for n in hits if n not in chosen]
     return chosen
 
@@ -86,7 +89,7 @@ def parse_args(argv: list[str]) -> BenchConfig:
     p.add_argument("--fused", action="store_true", help="fused AdamW")
     p.add_argument("--no-tf32", dest="tf32", action="store_false", help="disable TF32 matmul/conv on CUDA")
     p.add_argument("--mask-ratio", type=float, default=0.5)
-    p.add_argument("--num-classes", type=int, default=19)
+    p.add_argument("--num-classes", type=int, default=NUM_TYPES)
     a = p.parse_args(argv)
     modes = [m for m in a.modes.split(",") if m]
     dtypes = [d for d in a.dtypes.split(",") if d]

@@ -14,6 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from degradations import NUM_TYPES
+
 from ..models import create_model, list_models
 from ..training.distributed import DistInfo
 from ..training.optim import build_optimizer
@@ -42,7 +44,7 @@ def bench_model(name: str, batch: int, size: int, steps: int, warmup: int, devic
     data = {
         "lq": torch.rand(batch, 3, size, size, generator=g).to(device),
         "gt": torch.rand(batch, 3, size, size, generator=g).to(device),
-        "type_id": (torch.arange(batch) % 19).to(device),
+        "type_id": (torch.arange(batch) % NUM_TYPES).to(device),
         "index": torch.arange(batch),
     }
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)

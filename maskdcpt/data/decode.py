@@ -21,6 +21,9 @@ on a tiny file, and JPEGs then go to PIL, which refuses them too.
 from __future__ import annotations
 
 import functools
+import re
+from collections import Counter
+from typing import Iterable
 
 import cv2
 import numpy as np
@@ -33,6 +36,13 @@ class SkipImage(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+def reason_counts(reasons: Iterable[str]) -> str:
+    """How many files were skipped for each kind of reason, most first: "12 too small, 3 unreadable". A reason's
+    kind is its words before any figures in parentheses ("too small (30x30 < 64)" → "too small")."""
+    kinds = Counter(re.split(r"\s*[(:]", reason, maxsplit=1)[0].strip() or reason for reason in reasons)
+    return ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
 
 
 def _is_jpeg(data: bytes) -> bool:

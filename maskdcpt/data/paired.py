@@ -56,13 +56,13 @@ class PairedSource(CroppingSource):
         lq_path = self.index.lq_path(item)
         lq = self.read_checked(lq_path)
         if lq.shape != gt.shape:
-            raise SkipImage(lq_path, f"LQ size {lq.shape[1]}x{lq.shape[0]} differs from GT {gt.shape[1]}x{gt.shape[0]}")
+            raise SkipImage(lq_path, f"LQ and GT differ in size (LQ {lq.shape[1]}x{lq.shape[0]}, GT {gt.shape[1]}x{gt.shape[0]})")
         if not self.prior_dir:
             return lq, gt
         prior_path = self.prior_path(lq_path)
         prior = self.read_checked(prior_path)
         if prior.shape != lq.shape:
-            raise SkipImage(prior_path, f"prior size {prior.shape[1]}x{prior.shape[0]} differs from LQ {lq.shape[1]}x{lq.shape[0]}")
+            raise SkipImage(prior_path, f"prior and LQ differ in size (prior {prior.shape[1]}x{prior.shape[0]}, LQ {lq.shape[1]}x{lq.shape[0]})")
         return lq, gt, prior
 
     def sample(self, key: tuple[int, ...]) -> dict[str, Any]:

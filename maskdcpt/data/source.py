@@ -10,7 +10,8 @@ import numpy as np
 
 from degradations.rng import make_rng
 
-from .decode import SkipImage, read_image, to_float
+from ..errors import DataError
+from .decode import SkipImage, read_image, reason_counts, to_float
 from .index import CorpusIndex
 
 MAX_SUBSTITUTES = 16
@@ -56,12 +57,14 @@ class CroppingSource:
     def load(self, epoch: int, item: int, skipped: list[str]) -> tuple[int, Any]:
         """(item actually used, decoded data); appends "path: reason" to ``skipped`` per bad file."""
         original = item
+        reasons: list[str] = []
         for attempt in range(MAX_SUBSTITUTES + 1):
             if item in self._cache:
                 self._cache.move_to_end(item)
                 return item, self._cache[item]
             if item in self._bad:
-                skipped.append(self._bad[item])
+                skipped.append(self._bad[item][0])
+                reasons.append(self._bad[item][1])
             else:
                 try:
                     data = self._read(item)
@@ -71,14 +74,15 @@ class CroppingSource:
                         self._cache.popitem(last=False)
                     return item, data
                 except SkipImage as skip:
-                    self._bad[item] = f"{skip.path}: {skip.reason}"
-                    skipped.append(self._bad[item])
+                    self._bad[item] = (f"{skip.path}: {skip.reason}", skip.reason)
+                    skipped.append(self._bad[item][0])
+                    reasons.append(skip.reason)
             rng = make_rng((self.seed, self.source_id, epoch, original, _SUBSTITUTE_TAG, attempt))
             item = int(rng.integers(len(self.index)))
-        raise RuntimeError(
+        raise DataError(
             f"source {self.name!r}: {MAX_SUBSTITUTES + 1} unusable files in a row around item {original} "
-            f"(last: {skipped[-1]}); is the corpus readable?"
-        )
+            f"({reason_counts(reasons)}; last: {skipped[-1]}): is the corpus readable, and are its images at least "
+            f"data.crop_size={self.crop_size} px?")
 
     def read_checked(self, path: str) -> np.ndarray:
         return read_image(path, self.min_size)

@@ -27,7 +27,7 @@ from degradations.rng import make_rng
 from ..config import check_ranges, ranged
 from ..errors import ConfigError, DataError, MissingFileError
 from .augment import draw_geometry
-from .decode import SkipImage, read_image, to_float
+from .decode import SkipImage, read_image, reason_counts, to_float
 from .default import held_out_paths
 from .index import IMAGE_EXTENSIONS, match_pairs
 from .mixture import type_id_of
@@ -218,17 +218,22 @@ def build_paired(cfg: ValConfig) -> ValidationSet:
         lq_paths, gt_paths, _ = match_pairs(root, lq_rel, gt_rel)
         if not lq_paths:
             raise DataError(f"val.paired {task.name!r}: no matching LQ/GT files in {task.lq!r} and {task.gt!r}")
+        reasons = []
         for lq_path, gt_path in zip(lq_paths, gt_paths):
             try:
                 lq = read_image(os.path.join(root, lq_path))
                 gt = read_image(os.path.join(root, gt_path))
+                if lq.shape != gt.shape:
+                    raise SkipImage(lq_path, f"LQ and GT differ in size (LQ {lq.shape[1]}x{lq.shape[0]}, "
+                                             f"GT {gt.shape[1]}x{gt.shape[0]})")
             except SkipImage as skip:
                 print(f"validation: skipping {skip.path}: {skip.reason}", flush=True)
-                continue
-            if lq.shape != gt.shape:
-                print(f"validation: skipping {lq_path}: LQ {lq.shape[:2]} and GT {gt.shape[:2]} differ in size", flush=True)
+                reasons.append(skip.reason)
                 continue
             samples.append(ValSample(_chw(lq), _chw(gt), t, -1 if type_id is None else type_id, -1.0, len(samples)))
+        if len(reasons) == len(lq_paths):
+            raise DataError(f"val.paired {task.name!r}: none of its {len(lq_paths)} pairs is usable "
+                            f"({reason_counts(reasons)}; named above)")
     return ValidationSet([t.name for t in cfg.paired], samples, cfg.batch_size)
 
 

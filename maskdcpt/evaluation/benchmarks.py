@@ -245,17 +245,23 @@ def _ends_with(folder: Path, ending: str) -> bool:
     return [p.lower() for p in folder.parts[-len(parts):]] == parts
 
 
-def find_set(bench_set: BenchmarkSet, root: Path, directories: list[Path] | None = None) -> TaskData | None:
-    """The set's :class:`TaskData` under ``root``, or None."""
+def find_set(bench_set: BenchmarkSet, root: Path, directories: list[Path] | None = None,
+             empty: list[Path] | None = None) -> TaskData | None:
+    """The set's :class:`TaskData` under ``root``, or None; folders of the expected layout that hold no images
+    are appended to ``empty`` (so that a set copied only in part is reported as empty, not as not found)."""
     directories = directories if directories is not None else _directories(root)
     for ending in bench_set.folders:
         for folder in (d for d in directories if _ends_with(d, ending)):
             for lq_sub, gt_sub in bench_set.pairs:
                 gt = _child(folder, gt_sub)
                 lq = gt if lq_sub is None else _child(folder, lq_sub)
-                if gt and lq and _has_images(gt, bench_set.recursive) and _has_images(lq, bench_set.recursive):
+                if not (gt and lq):
+                    continue
+                if _has_images(gt, bench_set.recursive) and _has_images(lq, bench_set.recursive):
                     return TaskData(bench_set.name, lq, gt, synthesize=bench_set.synthesize,
                                     recursive=bench_set.recursive, y_channel=bench_set.y_channel)
+                if empty is not None:
+                    empty += [f for f in dict.fromkeys((lq, gt)) if not _has_images(f, bench_set.recursive)]
     return None
 
 
@@ -264,16 +270,21 @@ def find_benchmark(benchmark: str | Benchmark, root: str | os.PathLike) -> tuple
     bench = get_benchmark(benchmark)
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"benchmark data folder {root} does not exist")
+        raise MissingFileError(f"--datasets: benchmark data folder {root} does not exist")
     directories = _directories(root)
     found, missing = [], []
     for bench_set in bench.sets:
-        task = find_set(bench_set, root, directories)
-        if task is None:
+        empty: list[Path] = []
+        task = find_set(bench_set, root, directories, empty)
+        empty = list(dict.fromkeys(empty))  # several layouts may name the same folders
+        if task is not None:
+            found.append(task)
+        elif empty:
+            missing.append(f"{bench_set.name} ({bench_set.task}): {' and '.join(map(str, empty))} "
+                           f"{'is' if len(empty) == 1 else 'are'} empty (no {'/'.join(IMAGE_SUFFIXES)} images)")
+        else:
             missing.append(f"{bench_set.name} ({bench_set.task}): not found under {root}; expected "
                            f"{bench_set.expected_layout()}")
-        else:
-            found.append(task)
     return found, missing
 
 
@@ -343,7 +354,8 @@ def evaluate_benchmark(model: nn.Module, benchmark: str | Benchmark, root: str |
     for message in missing:
         log(f"missing: {message}")
     if not tasks:
-        raise MissingFileError(f"no test set of benchmark {bench.name} found under {root}:\n" + "\n".join(missing))
+        raise MissingFileError(f"no test set of benchmark {bench.name} found under {root} (each is named above with "
+                               "what was expected)")
     result = evaluate(model, tasks, out_dir=out_dir, config=config, device=device, progress=progress, log=log)
     result.notes += [f"missing: {m}" for m in missing]
     summary = benchmark_summary(bench, result)

@@ -1,6 +1,6 @@
 """Evaluate a restorer on paired test sets: PSNR/SSIM per image, per task and overall, beside the input's own
-PSNR/SSIM (LQ against GT) and the gain; LPIPS when its weights are on disk, NIQE of the outputs; a console table,
-CSV and JSON files.
+PSNR/SSIM (LQ against GT) and the gain; LPIPS when its weights are on disk, NIQE of the outputs (the rows of the
+metric table, :mod:`.registry`, in its order); a console table, CSV and JSON files.
 
 Data is either
 
@@ -34,10 +34,8 @@ import torch.nn as nn
 
 from ..config import load_config, ranged
 from ..errors import ConfigError, DataError, MissingFileError
-from .metrics import psnr, ssim
+from .registry import METRICS, Images, prepare_metrics, score_images
 from .restore import list_images, read_rgb, restore_image, with_prior, write_rgb
-
-METRIC_NAMES = ("psnr", "ssim", "lpips", "niqe", "input_psnr", "input_ssim", "gain_psnr", "gain_ssim")
 
 
 @dataclass(frozen=True)
@@ -217,26 +215,18 @@ def evaluate(model: nn.Module, data: str | os.PathLike | list[TaskData], out_dir
     """
     from tqdm import tqdm
 
-    from . import lpips as lpips_module
-    from .niqe import niqe
-
     config = config or EvalConfig()
     tasks = data if isinstance(data, list) else load_tasks(data)
     result = EvalResult(config=asdict(config))
     model.eval()
     device = torch.device(device) if device is not None else next(model.parameters()).device
 
-    lpips_model = None
-    reason = lpips_module.unavailable_reason(config.lpips_weights)
-    if reason is None:
-        lpips_model = lpips_module.load_lpips(config.lpips_weights, device=device)
-    else:
-        result.notes.append(f"LPIPS skipped: {reason}")
-        log(result.notes[-1])
-    metrics = ["psnr", "ssim"] + (["lpips"] if lpips_model is not None else []) + (
-        ["niqe"] if config.compute_niqe else []) + ["input_psnr", "input_ssim", "gain_psnr", "gain_ssim"]
+    def note(text: str) -> None:
+        result.notes.append(text)
+        log(text)
 
-    niqe_too_small = 0
+    scorers = prepare_metrics(config, device, note)  # the table's metrics (evaluation/registry.py) that take part
+    metrics = list(scorers)
     for task in tasks:
         pairs = pair_images(task)
         rows = []
@@ -249,24 +239,9 @@ def evaluate(model: nn.Module, data: str | os.PathLike | list[TaskData], out_dir
             model_input = with_prior(model, lq, lq_path, config.prior)
             out = restore_image(model, model_input, tile=config.tile, overlap=config.overlap, device=device)
             name = str(lq_path.relative_to(task.lq)) if task.recursive else lq_path.name
-            row: dict[str, Any] = {"task": task.name, "image": name}
             y_channel = config.y_channel if task.y_channel is None else task.y_channel
-            kwargs = dict(crop_border=config.crop_border, y_channel=y_channel, data_range=config.data_range)
-            row["psnr"] = psnr(out, gt, **kwargs)
-            row["ssim"] = ssim(out, gt, **kwargs)
-            if lpips_model is not None:
-                with torch.inference_mode():
-                    row["lpips"] = float(lpips_model(out[None].to(device), gt[None].to(device))[0])
-            if config.compute_niqe:
-                try:
-                    row["niqe"] = niqe(out, crop_border=config.crop_border)
-                except ValueError:  # fewer than two 96×96 blocks
-                    row["niqe"] = math.nan
-                    niqe_too_small += 1
-            row["input_psnr"] = psnr(lq, gt, **kwargs)
-            row["input_ssim"] = ssim(lq, gt, **kwargs)
-            row["gain_psnr"] = row["psnr"] - row["input_psnr"]
-            row["gain_ssim"] = row["ssim"] - row["input_ssim"]
+            images = Images(out, lq, gt, config.crop_border, y_channel, config.data_range)
+            row: dict[str, Any] = {"task": task.name, "image": name, **score_images(images, scorers)}
             if config.save_images and out_dir is not None:
                 write_rgb(Path(out_dir) / "images" / task.name / name, out, bits)
             rows.append(row)
@@ -276,24 +251,19 @@ def evaluate(model: nn.Module, data: str | os.PathLike | list[TaskData], out_dir
                       **{m: _mean([t[m] for t in result.tasks]) for m in metrics}}
     result.pooled = {"task": "all images", **_summary(result.images, metrics)}
     log(format_table(result, metrics))
-    if niqe_too_small:
-        result.notes.append(f"NIQE undefined for {niqe_too_small} images with fewer than two 96x96 blocks (NaN, left out of means)")
-        log(result.notes[-1])
+    for metric in (METRICS[m] for m in metrics if METRICS[m].nan_note):
+        undefined = sum(math.isnan(r[metric.name]) for r in result.images)
+        if undefined:
+            note(metric.nan_note.format(count=undefined))
     if out_dir is not None:
         write_results(result, out_dir, metrics)
     return result
 
 
 # ------------------------------------------------------------------------------------------------ output
-_HEADERS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "niqe": "NIQE", "input_psnr": "LQ PSNR",
-            "input_ssim": "LQ SSIM", "gain_psnr": "gain dB", "gain_ssim": "gain SSIM"}
-_DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "niqe": 3, "input_psnr": 2, "input_ssim": 4, "gain_psnr": 2,
-           "gain_ssim": 4}
-
-
 def _cell(value: float, metric: str) -> str:
-    digits = _DIGITS[metric]
-    return f"{value:+.{digits}f}" if metric.startswith("gain") and math.isfinite(value) else f"{value:.{digits}f}"
+    row = METRICS[metric]
+    return f"{value:+.{row.digits}f}" if row.signed and math.isfinite(value) else f"{value:.{row.digits}f}"
 
 
 def format_table(result: EvalResult, metrics: list[str]) -> str:
@@ -301,7 +271,7 @@ def format_table(result: EvalResult, metrics: list[str]) -> str:
     the input itself against GT; a task whose restored PSNR is below its input's is marked."""
     rows = result.tasks + [result.overall, result.pooled]
     width = max(len(str(r["task"])) for r in rows) + 2
-    header = f"{'task':<{width}}{'images':>8}" + "".join(f"{_HEADERS[m]:>11}" for m in metrics)
+    header = f"{'task':<{width}}{'images':>8}" + "".join(f"{METRICS[m].header:>11}" for m in metrics)
     lines = [header, "-" * len(header)]
     for i, r in enumerate(rows):
         if i == len(result.tasks):
@@ -337,3 +307,8 @@ def write_results(result: EvalResult, out_dir: str | os.PathLike, metrics: list[
         writer.writerows(result.tasks + [result.overall, result.pooled])
     with open(out_dir / "results.json", "w") as f:
         json.dump(_jsonable(asdict(result)), f, indent=2)
+
+
+if __name__ == "__main__":  # python -m maskdcpt.evaluation.evaluate: say where the command is instead of doing nothing
+    raise SystemExit(f"error: {__spec__.name} is a library module; run python tools/evaluate.py --help "
+                     "(python -m maskdcpt lists every tool)")

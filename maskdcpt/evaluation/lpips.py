@@ -110,7 +110,7 @@ def available(path: str | os.PathLike | None = None) -> bool:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from maskdcpt.models import read_state_dict
+    from ..io import read_state_dict
 
     return read_state_dict(path)[0]
 
@@ -156,7 +156,7 @@ def combine_weights(backbone_path: str | os.PathLike, lins_path: str | os.PathLi
                     out: str | os.PathLike) -> Path:
     """Write one LPIPS weights file (``.safetensors``) from a torchvision backbone checkpoint and the ``lpips``
     package's linear layers (e.g. ``alexnet-owt-7be5be79.pth`` + ``lpips/weights/v0.1/alex.pth``)."""
-    from maskdcpt.models import save_weights
+    from ..io import save_weights
 
     state = _to_model_keys(_read_tensors(Path(backbone_path)) | _read_tensors(Path(lins_path)), Path(backbone_path))
     return save_weights(state, out, metadata={"format": "maskdcpt-lpips"})

@@ -196,8 +196,13 @@ def psnr_torch(pred: torch.Tensor, gt: torch.Tensor, crop_border: int = 0, y_cha
     Same definition as ``psnr(..., data_range='float')``; computed in float64 for agreement with numpy.
     """
     a, b = _torch_prepare(pred, gt, crop_border, y_channel)
-    mse = ((a - b) ** 2).mean(dim=(1, 2, 3))
-    return 10.0 * torch.log10(1.0 / mse)  # mse == 0 → inf, as in the numpy path
+    return psnr_from_mse(((a - b) ** 2).mean(dim=(1, 2, 3)))  # mse == 0 → inf, as in the numpy path
+
+
+def psnr_from_mse(mse: torch.Tensor, min_mse: float = 0.0) -> torch.Tensor:
+    """PSNR in dB of images in [0, 1] from their mean squared errors. ``min_mse`` > 0 caps it (1e-10: 100 dB) where
+    training logs must stay finite for an image reproduced exactly; 0 gives ``inf`` there."""
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(min_mse))
 
 
 def ssim_torch(pred: torch.Tensor, gt: torch.Tensor, crop_border: int = 0, y_channel: bool = False) -> torch.Tensor:

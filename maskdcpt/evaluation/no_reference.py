@@ -24,7 +24,8 @@ import torch
 from .evaluate import _jsonable
 from .niqe import niqe
 from .piqe import piqe
-from .restore import list_images, read_rgb
+from ..errors import DataError
+from .restore import IMAGE_SUFFIXES, list_images, read_rgb
 
 
 @dataclass
@@ -51,7 +52,10 @@ def _match(outputs: list[Path], inputs_dir: Path) -> dict[Path, Path]:
     matched = {o: by_name.get(o.name) or by_stem.get(o.stem) for o in outputs}
     unmatched = [o.name for o, i in matched.items() if i is None]
     if unmatched:
-        raise ValueError(f"no input in {inputs_dir} for {len(unmatched)} outputs: {', '.join(unmatched[:10])}")
+        more = f" and {len(unmatched) - 10} more" if len(unmatched) > 10 else ""
+        raise DataError(f"--inputs: no image in {inputs_dir} has the name (or stem) of {len(unmatched)} of the "
+                        f"{len(outputs)} outputs: {', '.join(unmatched[:10])}{more}; inputs and outputs are matched by "
+                        "file name")
     return matched
 
 
@@ -67,7 +71,7 @@ def score_folder(outputs: str | os.PathLike, inputs: str | os.PathLike | None = 
     outputs = Path(outputs)
     files = list_images(outputs)
     if not files:
-        raise ValueError(f"no images in {outputs}")
+        raise DataError(f"--no-reference: no images ({', '.join(IMAGE_SUFFIXES)}) in {outputs}")
     matched = _match(files, Path(inputs)) if inputs is not None else {}
     metrics = ["niqe", "piqe"]
     notes = []
@@ -92,7 +96,7 @@ def score_folder(outputs: str | os.PathLike, inputs: str | os.PathLike | None = 
             row["input_piqe"] = piqe(inp, convention=piqe_convention)
             if lpips_model is not None:
                 if inp.shape != out.shape:
-                    raise ValueError(f"{path} is {tuple(out.shape[1:])} but its input {matched[path]} is "
+                    raise DataError(f"{path} is {tuple(out.shape[1:])} but its input {matched[path]} is "
                                      f"{tuple(inp.shape[1:])}: LPIPS needs one size")
                 with torch.inference_mode():
                     row["lpips_to_input"] = float(lpips_model(out[None].to(device), inp[None].to(device))[0])

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError, MissingFileError
+from ..io import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -153,10 +154,9 @@ def write_rgb(path: str | os.PathLike, img: torch.Tensor, bits: int = 8) -> None
         ok = False
     if not ok:
         raise DataError(f"cannot write image {path}: OpenCV has no encoder for {path.suffix!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     # written by Python, not by cv2.imwrite: a read-only folder or a full disk then says so (an OSError
-    # naming the path) instead of a bare False
-    path.write_bytes(encoded.tobytes())
+    # naming the path) instead of a bare False; atomically, so that a full disk leaves no cut-off image
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(encoded.tobytes()))
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
@@ -227,3 +227,7 @@ def restore_path(model: nn.Module, input: str | os.PathLike, output: str | os.Pa
         written.append(target)
     return written
 
+
+if __name__ == "__main__":  # python -m maskdcpt.evaluation.restore: say where the command is instead of doing nothing
+    raise SystemExit(f"error: {__spec__.name} is a library module; run python tools/restore.py --help "
+                     "(python -m maskdcpt lists every tool)")

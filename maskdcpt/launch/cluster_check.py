@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from maskdcpt.cli import parse_args, tool_main
 from maskdcpt.config import load_config, ranged
-from maskdcpt.models.checkpoint import save_weights
+from maskdcpt.io import save_weights
 from maskdcpt.training.distributed import DistInfo, cleanup_distributed, configure_threads, init_distributed
 from maskdcpt.training.optim import OptimConfig, ParamGroup
 from maskdcpt.training.trainer import StepOutput, Task, TrainConfig, Trainer, resolve_device

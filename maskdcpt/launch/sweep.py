@@ -3,7 +3,7 @@
 A sweep file (YAML)::
 
     target: pretrain                    # a known target (see maskdcpt.launch.targets)
-    base_config: configs/pretrain/x.yaml  # optional, relative to the working directory
+    base_config: configs/pretrain/x.yaml  # optional; relative: to the working directory, else to this file's folder or a parent
     base_overrides: [train.max_steps=100000]
     members:                            # explicit, named members (optional)
       - {name: no_mask, overrides: [model.mask_ratio=0]}
@@ -30,7 +30,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from maskdcpt.config import build_config, format_override, format_value, load_config
+from maskdcpt.cli import tool_main
+from maskdcpt.config import build_config, flatten, format_override, format_value, load_config
+from maskdcpt.errors import ConfigError, MissingFileError
 from maskdcpt.launch.launcher import LaunchOptions, add_launcher_args, build_executor, remove_unexpanded_folder
 from maskdcpt.launch.submitit_job import TrainingJob
 from maskdcpt.launch.targets import resolve_target
@@ -137,19 +139,52 @@ def member_overrides(spec: SweepSpec, member: SweepMember, sweep_dir: Path, extr
             *target.placement_overrides(sweep_dir, member.name)]
 
 
+def resolve_base_config(base_config: str | None, spec_path: str | None) -> str | None:
+    """``base_config`` as an absolute path: as given when absolute; else relative to the working directory, or
+    else to the sweep file's folder or one of its parents (``configs/sweeps/x.yaml`` names
+    ``configs/pretrain/…`` from the repository root), so that a sweep runs the same from any folder. The dry run
+    and the launch both resolve it here."""
+    if not base_config:
+        return None
+    path = Path(base_config).expanduser()
+    if path.is_absolute():
+        candidates = [path]
+    else:
+        folders = [Path.cwd()]
+        if spec_path:
+            here = Path(spec_path).resolve().parent
+            folders += [here, *here.parents]
+        candidates = [folder / path for folder in folders]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate.resolve())
+    raise MissingFileError(f"base_config: {base_config} is not a file relative to the working directory ({Path.cwd()})"
+                           + (f" nor to the sweep file's folder or its parents ({Path(spec_path).resolve().parent})"
+                              if spec_path else ""))
+
+
+def check_members(spec: SweepSpec, sweep_dir: Path, extra_overrides: Sequence[str],
+                  base_config: str | None) -> list[tuple[SweepMember, list[str], Path]]:
+    """Every member's overrides, built into its config (so that a bad member fails before anything is queued, in
+    a dry run as in a launch), and its run folder."""
+    target = resolve_target(spec.target)
+    checked = []
+    for member in spec.members:
+        overrides = member_overrides(spec, member, sweep_dir, extra_overrides)
+        cfg = target.config(base_config, overrides)
+        checked.append((member, overrides, target.folder(cfg)))
+    return checked
+
+
 def submit_sweep(spec: SweepSpec, sweep_dir: str | Path, opts: LaunchOptions, extra_overrides: Sequence[str] = (),
                  spec_source: str | None = None) -> list[Any]:
     """Check every member's config, submit all as one job array, write the manifest; returns the jobs."""
     if opts.launcher not in ("slurm", "local"):
-        raise ValueError(f"a sweep runs as a job array: use --launcher slurm or local, not {opts.launcher!r}")
+        raise ConfigError(f"a sweep runs as a job array: use --launcher slurm or local, not {opts.launcher!r}")
     sweep_dir = Path(sweep_dir).resolve()
     target = resolve_target(spec.target)
-    base_config = str(Path(spec.base_config).resolve()) if spec.base_config else None
-    jobs_spec = []
-    for member in spec.members:
-        overrides = member_overrides(spec, member, sweep_dir, extra_overrides)
-        cfg = target.config(base_config, overrides)  # fail here, for every member, before anything is queued
-        jobs_spec.append((member, overrides, target.folder(cfg)))
+    base_config = resolve_base_config(spec.base_config, spec_source)
+    jobs_spec = check_members(spec, sweep_dir, extra_overrides, base_config)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     executor = build_executor(opts, sweep_dir / "slurm" / "%j")
     with executor.batch():
@@ -191,14 +226,10 @@ def squeue_state(job_id: str) -> str | None:
     return states[0] if states else "GONE"
 
 
-def _flatten(metrics: Any, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    if isinstance(metrics, dict):
-        for key, value in metrics.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-    elif isinstance(metrics, (int, float, str, bool)) or metrics is None:
-        flat[prefix[:-1]] = metrics
-    return flat  # lists (e.g. weights) are not table cells
+def _cells(metrics: Any) -> dict[str, Any]:
+    """The table cells of a run's metrics: dotted keys of its numbers, strings and flags (lists, e.g. weights, are
+    not cells)."""
+    return {k: v for k, v in flatten(metrics).items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
 def _last_line(path: Path) -> str:
@@ -214,7 +245,7 @@ def member_status(member: dict[str, Any], job_state: Callable[[str], str | None]
     metrics_path = Path(member["run_dir"]) / "metrics.json"
     if metrics_path.is_file():
         try:
-            return "done", "", _flatten(json.loads(metrics_path.read_text()))
+            return "done", "", _cells(json.loads(metrics_path.read_text()))
         except json.JSONDecodeError as err:
             return "failed", f"unreadable {metrics_path}: {err}", {}
     result = Path(member.get("result", ""))
@@ -242,7 +273,7 @@ def collect(sweep_dir: str | Path, job_state: Callable[[str], str | None] = sque
     sweep_dir = Path(sweep_dir)
     manifest_path = sweep_dir / MANIFEST
     if not manifest_path.is_file():
-        raise ValueError(f"{str(sweep_dir)!r} is not a sweep folder: no {MANIFEST}")
+        raise ConfigError(f"{str(sweep_dir)!r} is not a sweep folder: no {MANIFEST}")
     manifest = json.loads(manifest_path.read_text())
     rows = []
     for member in manifest["members"]:
@@ -276,6 +307,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+@tool_main
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Submit an ablation sweep as one job array, or collect its results (--collect SWEEP_DIR).")
@@ -288,11 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.set_defaults(launcher="slurm")
     # Overrides may come after options (``... --sweep-dir D train.max_steps=10``).
     args = parser.parse_intermixed_args(argv)
-    try:
-        return _run(parser, args)
-    except ValueError as err:  # bad sweep file, member config or folder: name it, no traceback
-        parser.error(str(err))
-        return 2
+    return _run(parser, args)
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -307,8 +335,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     sweep_dir = Path(args.sweep_dir or Path("runs") / "sweeps" / f"{Path(args.spec).stem}-{stamp}")
     if args.dry_run:
-        for member in spec.members:
-            print(f"{member.name}: {' '.join(member_overrides(spec, member, sweep_dir, args.overrides))}")
+        base_config = resolve_base_config(spec.base_config, args.spec)
+        print(f"base config: {base_config or '(the target defaults)'}")
+        for member, overrides, _ in check_members(spec, sweep_dir.resolve(), args.overrides, base_config):
+            print(f"{member.name}: {' '.join(overrides)}")
         return 0
     jobs = submit_sweep(spec, sweep_dir, LaunchOptions.from_args(args), args.overrides, str(args.spec))
     ids = ", ".join(str(j.job_id) for j in jobs)

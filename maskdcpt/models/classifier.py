@@ -27,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 
+from degradations import NUM_TYPES
+
 from .masking import PackedLevel, VisiblePositions
 
 __all__ = ["DegradationClassifier", "Bottleneck", "ConvNorm", "MaskedBatchNorm2d", "SyncMaskedBatchNorm2d"]
@@ -266,7 +268,7 @@ class DegradationClassifier(nn.Module):
     def __init__(
         self,
         tap_dims: Sequence[int],
-        num_classes: int = 19,
+        num_classes: int = NUM_TYPES,  # the degradation registry's built-in types (the pre-training passes its engine's)
         num_res_blocks: int = 2,
         tap_downsample: bool = False,
         norm: str = "layer",

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from degradations import NUM_TYPES
+
 from .classifier import DegradationClassifier
 from .masking import pad_to_multiple, random_keep_map
 from .registry import create_model
@@ -139,7 +141,7 @@ def _pixel_keep(keep: torch.Tensor, patch_size: int) -> torch.Tensor:
 
 def build_maskdcpt(
     model_name: str,
-    num_classes: int = 19,
+    num_classes: int = NUM_TYPES,  # the degradation registry's built-in types (the pre-training passes its engine's)
     mask_ratio: float = 0.5,
     patch_size: int | None = None,
     rec_residual: bool = True,

@@ -1,5 +1,9 @@
 """A timm-style model registry: ``@register_model`` factories found by ``create_model(name)``, each with its
-default config (timm's ``default_cfgs``): what is known of a variant without building it."""
+default config (timm's ``default_cfgs``): what is known of a variant without building it.
+
+The registry imports no model file: the package's ``__init__`` imports every module of ``maskdcpt/models/``, whose
+``@register_model`` factories register themselves. A new backbone is one new file there (docs/extending.md); one
+defined elsewhere registers when its module is imported."""
 from __future__ import annotations
 
 import sys
@@ -51,19 +55,13 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def _ensure_loaded() -> None:
-    from . import nafnet, promptir, restormer, swinir  # noqa: F401  (importing registers)
-
-
 def _check_name(name: str) -> None:
-    _ensure_loaded()
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(_MODELS))}")
 
 
 def list_models(pattern: str = "") -> list[str]:
     """Registered model names containing ``pattern``, sorted."""
-    _ensure_loaded()
     return sorted(name for name in _MODELS if pattern in name)
 
 

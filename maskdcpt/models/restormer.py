@@ -313,7 +313,7 @@ def map_dcpt_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map a Restormer/PromptIR state_dict of any known layout onto ``model``'s key names.
 
-    Takes the state_dict itself (``maskdcpt.models.checkpoint.read_state_dict`` has already taken
+    Takes the state_dict itself (``maskdcpt.io.read_state_dict`` has already taken
     off BasicSR's wrapper and DDP's ``module.``) and renames the DCPT layout (see
     ``map_dcpt_layout``; BiasFree norms raise ``ValueError``). Names only: keys that fit nothing
     (e.g. biases of a bias=True checkpoint given to a bias=False model) pass through unchanged, so

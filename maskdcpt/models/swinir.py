@@ -345,7 +345,7 @@ class SwinIR(Backbone):
 def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: SwinIR) -> dict[str, torch.Tensor]:
     """Map a SwinIR state_dict onto ``model``'s key names.
 
-    Takes the state_dict itself: ``maskdcpt.models.checkpoint.read_state_dict`` has already taken
+    Takes the state_dict itself: ``maskdcpt.io.read_state_dict`` has already taken
     off BasicSR's wrapper (``default_cfgs``' ``param_key``: the release's SwinIR-5D config loads
     ``params``) and DDP's ``module.``. The release's layout passes unchanged. The original SwinIR's
     layout (all RSTBs in one ``layers`` list, plus relative-position tables, their index buffers

@@ -1,9 +1,9 @@
 """The trainer's state in ``*.ckpt``: step, weights, optimiser, schedule, task state and RNG.
 
 Written with torch.save of tensors and plain types only, so it reads back with ``weights_only=True``; written and
-read through the weight files' module (``maskdcpt/models/checkpoint.py``: ``atomic_write``, ``torch_load``), so a run
-killed at any instant leaves the previous checkpoint or the new one and a foreign pickle is refused. Model weights
-for other tools go to ``*.safetensors`` with ``maskdcpt.models.checkpoint.save_weights``.
+read through the files' module (``maskdcpt/io.py``: ``atomic_write``, ``torch_load``), so a run killed at any
+instant leaves the previous checkpoint or the new one and a foreign pickle is refused. Model weights for other
+tools go to ``*.safetensors`` with ``maskdcpt.io.save_weights``.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..models.checkpoint import atomic_write, torch_load
+from ..io import atomic_write, torch_load
 
 
 def save_state(state: Mapping[str, Any], path: str | Path) -> None:

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from ..errors import CheckpointError, MissingFileError
-from ..models.checkpoint import ENCODER_FORMAT, save_weights
+from ..io import save_weights
+from ..models.checkpoint import ENCODER_FORMAT, RESTORER_FILENAME
 from .checkpoint import load_state
 
 
@@ -17,6 +20,11 @@ def export_encoder(run_dir: str | Path, out: str | Path, checkpoint: str | Path 
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise MissingFileError(f"{str(run_dir)!r} is not a pre-training run folder: no config.yaml")
+    if (run_dir / RESTORER_FILENAME).is_file() or _is_finetuning_config(config_path):
+        raise CheckpointError(
+            f"{run_dir} is a fine-tuning run, not a pre-training run: it has no encoder to export. Its restorer is "
+            f"{run_dir / RESTORER_FILENAME} (written when it finishes); to fine-tune on from it, give that file to "
+            "tools/finetune.py --pretrained")
     cfg = load_pretrain_config(config_path)
     ckpt = Path(checkpoint) if checkpoint else run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
@@ -31,3 +39,17 @@ def export_encoder(run_dir: str | Path, out: str | Path, checkpoint: str | Path 
     out = Path(out)
     save_weights(backbone, out, meta)
     return out, len(backbone)
+
+
+def _is_finetuning_config(path: Path) -> bool:
+    """A fine-tuning run's config.yaml: it names what it started from (``pretrained``) and has no losses."""
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return False  # the config loader names the damage
+    return isinstance(saved, dict) and "pretrained" in saved and "loss" not in saved
+
+
+if __name__ == "__main__":  # python -m maskdcpt.training.export: say where the command is instead of doing nothing
+    raise SystemExit(f"error: {__spec__.name} is a library module; run python tools/export_encoder.py --help "
+                     "(python -m maskdcpt lists every tool)")

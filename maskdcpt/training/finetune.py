@@ -21,9 +21,12 @@ from ..config import fixed_field, load_config, ranged
 from ..errors import CheckpointError, ConfigError
 from ..data.config import DataConfig
 from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
-from ..evaluation.metrics import psnr_torch, ssim_torch
+from ..evaluation.metrics import psnr_from_mse
+from ..evaluation.registry import METRICS
+from ..io import read_metadata
+from ..losses import masked_l1
 from ..models import create_model
-from ..models.checkpoint import RESTORER_FORMAT, load_pretrained, read_metadata, save_restorer
+from ..models.checkpoint import RESTORER_FILENAME, RESTORER_FORMAT, load_pretrained, save_restorer
 from ..models.prior import add_prior_channels
 from .distributed import DistInfo
 from .ema import ModelEMA
@@ -116,6 +119,10 @@ def _pretrained_file(spec: str) -> Path:
     if path.is_dir():  # a pre-training run folder
         candidate = path / "encoder.safetensors"
         if not candidate.is_file():
+            restorer = path / RESTORER_FILENAME
+            if restorer.is_file():  # a fine-tuning run: its restorer is the whole network
+                raise CheckpointError(f"pretrained: {str(path)!r} is a fine-tuning run; to continue from its restorer, "
+                                      f"give pretrained={restorer}")
             raise CheckpointError(f"pretrained: pre-training run {str(path)!r} has no encoder.safetensors; run tools/export_encoder.py")
         return candidate
     if not path.is_file():
@@ -174,12 +181,12 @@ class FinetuneTask(Task):
 
     def step(self, model: nn.Module, batch: dict[str, Any], step: int) -> StepOutput:
         pred = model(self._input(batch))
-        l1 = (pred.float() - batch["gt"].float()).abs().mean()
+        l1 = masked_l1(pred, batch["gt"])
         return StepOutput(l1, {"loss/l1": l1, "loss/total": l1}, {"pred": pred})
 
     def metrics(self, out: StepOutput, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         mse = ((out.extras["pred"].detach().float().clamp(0, 1) - batch["gt"].float()) ** 2).flatten(1).mean(1)
-        return {"metrics/psnr": (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()}
+        return {"metrics/psnr": psnr_from_mse(mse, min_mse=1e-10).mean()}
 
     def images(self, out: StepOutput, batch: dict[str, Any], logger: TensorBoardLogger, step: int) -> None:
         rows = [batch["lq"], out.extras["pred"], batch["gt"]]
@@ -226,21 +233,22 @@ class FinetuneTask(Task):
     @torch.no_grad()
     def validate(self, step: int) -> dict[str, Any] | None:
         """PSNR / SSIM (float, RGB, no border crop: the release's protocol) of the EMA restorer per task and
-        averaged over tasks, beside the input's own (``psnr_input``): a restorer that helps has psnr > psnr_input."""
+        averaged over tasks, beside the input's own (``psnr_input``): a restorer that helps has psnr > psnr_input.
+        Every metric of the table with a batched form (``evaluation/registry.py``) is validated so."""
         if self.cfg.model.prior_channels:
             return None  # the held-out crops have no generative priors to feed the extra channels
         val = self.validation_set()
         model = self.ema.module  # eval mode, the weights being exported
         device = next(model.parameters()).device
-        per_sample: dict[str, list[torch.Tensor]] = {"psnr": [], "ssim": [], "psnr_input": [], "ssim_input": []}
+        batched = {name: metric.batch for name, metric in METRICS.items() if metric.batch is not None}
+        per_sample: dict[str, list[torch.Tensor]] = {**{k: [] for k in batched}, **{f"{k}_input": [] for k in batched}}
         tasks = []
         for batch in val.batches():
             lq, gt = batch["lq"].to(device), batch["gt"].to(device)
             pred = model(lq).float().clamp(0, 1)
-            per_sample["psnr"].append(psnr_torch(pred, gt).cpu())
-            per_sample["ssim"].append(ssim_torch(pred, gt).cpu())
-            per_sample["psnr_input"].append(psnr_torch(lq, gt).cpu())
-            per_sample["ssim_input"].append(ssim_torch(lq, gt).cpu())
+            for name, fn in batched.items():
+                per_sample[name].append(fn(pred, gt).cpu())
+                per_sample[f"{name}_input"].append(fn(lq, gt).cpu())
             tasks.append(batch["task"])
         task = torch.cat(tasks)
         values = {k: torch.cat(v).double() for k, v in per_sample.items()}
@@ -265,3 +273,8 @@ def run_finetuning(cfg: FinetuneConfig, resume: bool | str = "auto") -> dict[str
         cfg, out_dir, FinetuneTask, resume, announce=lambda task: task.report,
         finished=lambda m: f"done at step {m['step']}: EMA restorer in {out_dir.resolve() / 'restorer.safetensors'}",
     )
+
+
+if __name__ == "__main__":  # python -m maskdcpt.training.finetune: say where the command is instead of doing nothing
+    raise SystemExit(f"error: {__spec__.name} is a library module; run python tools/finetune.py --help "
+                     "(python -m maskdcpt lists every tool)")

@@ -1,6 +1,7 @@
 """What a user sees: the run's text log, TensorBoard scalars and images, and the image renderings they need."""
 from __future__ import annotations
 
+import io
 import logging
 import sys
 import time
@@ -64,23 +65,28 @@ def render_confusion(counts: np.ndarray, labels: Sequence[str], cell: int = 22) 
 
 
 class TensorBoardLogger:
-    """Rank-0 TensorBoard writer; every method is a no-op elsewhere."""
+    """Rank-0 TensorBoard writer; every method is a no-op elsewhere. The event file is created at the first value
+    written, so that a run that fails to start leaves no trace in its folder."""
 
     def __init__(self, log_dir: str | Path, enabled: bool = True):
         self.enabled = enabled
+        self.log_dir = Path(log_dir)
         self.writer = None
-        if enabled:
+
+    def _writer(self):
+        if self.writer is None and self.enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(log_dir))
+            self.writer = SummaryWriter(log_dir=str(self.log_dir))
+        return self.writer
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
-        if self.writer is not None:
+        if self._writer() is not None:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, float(value), step)
 
     def image(self, tag: str, image: np.ndarray, step: int, dataformats: str = "CHW") -> None:
-        if self.writer is not None:
+        if self._writer() is not None:
             self.writer.add_image(tag, image, step, dataformats=dataformats)
 
     def flush(self) -> None:
@@ -99,21 +105,28 @@ class RunLog:
     the warnings of the project's loggers (``maskdcpt.*``, ``degradations.*``) and Python warnings go to the file
     too, and still to stderr. Appends: a resumed run continues the same file. ``path=None`` (ranks other than 0):
     ``say`` only prints, nothing is written.
+
+    ``deferred=True``: lines are kept in memory until :meth:`commit` appends them to the file; closed before that,
+    nothing is written (a start that fails leaves the run folder as it was).
     """
 
     LOGGERS = ("maskdcpt", "degradations", "py.warnings")
 
-    def __init__(self, path: str | Path | None):
+    def __init__(self, path: str | Path | None, deferred: bool = False):
         self.path = Path(path) if path is not None else None
         self._file = None
+        self._to_file: logging.StreamHandler | None = None
         self._handlers: list[tuple[logging.Logger, logging.Handler]] = []
         self._levels: dict[str, int] = {}
         self._captured = False
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", buffering=1)
-        to_file = logging.StreamHandler(self._file)
+        if deferred:
+            self._file = io.StringIO()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", buffering=1)
+        to_file = self._to_file = logging.StreamHandler(self._file)
         to_file.setLevel(logging.INFO)
         to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         # A handler on our loggers stops Python's last-resort printing of their warnings; print them ourselves
@@ -139,13 +152,32 @@ class RunLog:
         """Append ``text`` (one or more lines) with a time stamp."""
         if self._file is not None:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            for line in str(text).splitlines() or [""]:
-                self._file.write(f"{stamp} {line}\n")
+            try:
+                for line in str(text).splitlines() or [""]:
+                    self._file.write(f"{stamp} {line}\n")
+            except OSError as err:  # a full disk: the log is not worth stopping the run for (its checkpoint is)
+                print(f"warning: cannot append to {self.path} ({err.strerror}); the log goes on only here",
+                      file=sys.stderr)
+                self._file = None
 
     def say(self, text: str) -> None:
         """Print ``text`` and append it."""
         print(text, flush=True)
         self.write(text)
+
+    @property
+    def committed(self) -> bool:
+        return self._file is not None and not isinstance(self._file, io.StringIO)
+
+    def commit(self) -> None:
+        """A deferred log: append what was kept so far to the file, and write straight to it from now on."""
+        if self._file is None or self.committed:
+            return
+        kept = self._file.getvalue()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", buffering=1)
+        self._file.write(kept)
+        self._to_file.setStream(self._file)
 
     def close(self) -> None:
         for logger, handler in self._handlers:
@@ -156,7 +188,7 @@ class RunLog:
             logging.captureWarnings(False)
         self._handlers, self._levels, self._captured = [], {}, False
         if self._file is not None:
-            self._file.close()
+            self._file.close()  # a deferred log never committed: its lines are dropped
             self._file = None
 
     def __enter__(self) -> "RunLog":

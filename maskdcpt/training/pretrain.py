@@ -3,7 +3,8 @@
 Loss = w_rec·L1(reconstruction, GT) over a region of the mask (all / visible / hidden)
      + w_cls·focal(logits, type, γ)
      + w_con·SupCon(pooled features, type, τ)
-A weight of 0 removes its term from the graph (the ablations of a sweep).
+A weight of 0 removes its term from the graph (the ablations of a sweep). The terms and their weights are the
+table of :mod:`maskdcpt.losses.registry`.
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ from ..config import fixed_field, load_config, ranged
 from ..errors import ConfigError
 from ..data.config import DataConfig
 from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
-from ..losses import focal_loss, masked_l1, supervised_contrastive_loss
+from ..evaluation.metrics import psnr_from_mse
+from ..io import save_weights
+from ..losses import LossConfig, LossInputs, check_weights, loss_weights, total_loss
 from ..models import build_maskdcpt
-from ..models.checkpoint import ENCODER_FORMAT, save_weights
+from ..models.checkpoint import ENCODER_FORMAT
 from ..models.maskdcpt import MaskDCPTOutput
 from .distributed import DistInfo, gather_with_grad
 from .logging import TensorBoardLogger, confusion_matrix, image_grid, render_confusion
@@ -55,20 +58,6 @@ class ModelConfig:
     zero_init_head: bool = True  # the output projection starts at 0: the reconstruction starts as the visible input
     sparse_classifier: bool = True  # the classifier normalises and pools the visible positions only
     kwargs: dict[str, Any] = fixed_field(default_factory=dict)  # overrides of the backbone factory
-
-
-@dataclass
-class LossConfig:
-    w_rec: float = ranged(1.0, ge=0)
-    w_cls: float = ranged(1.0, ge=0)
-    w_con: float = ranged(0.1, ge=0)
-    rec_region: Literal["all", "visible", "hidden"] = "visible"  # hidden pixels carry no input, no features
-    # "lq": restore the (masked) degraded input, MaskDCPT; "gt": DCPT's generation, the clean image in and out
-    rec_source: Literal["lq", "gt"] = "lq"
-    # 0: cross-entropy. The release's focal γ 2 (configs/pretrain/*_uir.yaml) learned slower at CPU scale
-    # (held-out top-1 22.8 % vs 26.5 % after 800 steps, nafnet_tiny)
-    focal_gamma: float = ranged(0.0, ge=0)
-    temperature: float = ranged(0.07, gt=0)
 
 
 def _demo_optim() -> OptimConfig:
@@ -119,8 +108,7 @@ def validate(cfg: PretrainConfig) -> None:
     from ..models import get_model_cfg, list_models
 
     loss = cfg.loss
-    if loss.w_rec == loss.w_cls == loss.w_con == 0:
-        raise ConfigError("loss.w_rec, loss.w_cls and loss.w_con are all 0: nothing to train")
+    check_weights(loss)
     if loss.rec_region == "hidden" and cfg.model.mask_ratio == 0:
         raise ConfigError("loss.rec_region='hidden' needs model.mask_ratio > 0 (nothing is hidden)")
     if loss.rec_source == "gt" and cfg.model.mask_ratio > 0:
@@ -212,8 +200,7 @@ class PretrainTask(Task):
                                     classifier_blocks=m.classifier_blocks, sparse_classifier=m.sparse_classifier, **m.kwargs)
         if m.zero_init_head:
             self.model.backbone.zero_init_head()
-        loss = cfg.loss
-        self.has_unused_parameters = 0.0 in (loss.w_rec, loss.w_cls, loss.w_con)
+        self.has_unused_parameters = 0.0 in loss_weights(cfg.loss).values()
         self._outputs_as_dict = _OutputsAsDict(self.model)
         self._preds: list[np.ndarray] = []
         self._targets: list[np.ndarray] = []
@@ -241,6 +228,7 @@ class PretrainTask(Task):
         keep = keep_maps(batch["index"], grid, cfg.model.mask_ratio, cfg.train.seed).to(lq.device)
         loss = cfg.loss
         generate = loss.rec_source == "gt" and loss.w_rec > 0
+        generated = None
         if generate:
             # DCPT: classify the degraded image and regenerate the clean one, in one forward of both halves so
             # that DDP sees a single pass (the classifier's BatchNorm statistics then include the clean half)
@@ -253,28 +241,9 @@ class PretrainTask(Task):
             out = model(lq, keep=keep)
             if isinstance(out, dict):
                 out = MaskDCPTOutput(**out)
-        terms: dict[str, torch.Tensor] = {}
-        total = lq.new_zeros(())
-        if loss.w_rec > 0:
-            if generate:
-                terms["loss/rec"] = masked_l1(generated, gt)
-            else:
-                terms["loss/rec"] = masked_l1(out.reconstruction, gt, out.visible_pixels(), loss.rec_region)
-            total = total + loss.w_rec * terms["loss/rec"]
-        if loss.w_cls > 0:
-            terms["loss/cls"] = focal_loss(out.logits, target, loss.focal_gamma)
-            total = total + loss.w_cls * terms["loss/cls"]
-        if loss.w_con > 0:
-            feats = gather_with_grad(out.features.float(), self.dist)
-            labels = gather_with_grad(target, self.dist) if self.dist.enabled else target
-            # SupCon per rank sums to the global-batch loss; DDP averages gradients over
-            # ranks, so scaling by the world size gives the single-process gradient.
-            con = supervised_contrastive_loss(
-                out.features, target, loss.temperature, feats, labels, anchor_offset=self.dist.rank * lq.shape[0]
-            ) * self.dist.world_size
-            terms["loss/con"] = con
-            total = total + loss.w_con * con
-        terms["loss/total"] = total
+        inputs = LossInputs(out, gt, target, loss, generated, gather=lambda t: gather_with_grad(t, self.dist),
+                            rank=self.dist.rank, world_size=self.dist.world_size)
+        total, terms = total_loss(inputs)  # the terms of maskdcpt/losses/registry.py whose weight is above 0
         return StepOutput(total, terms, {"out": out})
 
     def metrics(self, out: StepOutput, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -359,8 +328,7 @@ class PretrainTask(Task):
         result["per_type"] = {names[t]: float((pred[target == t] == t).mean()) for t in sorted(set(target[known].tolist()))}
 
         def psnr(key: str) -> float:
-            mse = torch.cat(sq[key])
-            return float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean())
+            return float(psnr_from_mse(torch.cat(sq[key]), min_mse=1e-10).mean())
 
         result["rec_psnr_visible"], result["input_psnr_visible"] = psnr("rec_v"), psnr("in_v")
         if self.cfg.model.mask_ratio > 0:
@@ -414,3 +382,8 @@ def run_pretraining(cfg: PretrainConfig, resume: bool | str = "auto") -> dict[st
         cfg, out_dir, PretrainTask, resume,
         finished=lambda m: f"done at step {m['step']}: {out_dir.resolve()} (tensorboard --logdir {out_dir / 'tensorboard'})",
     )
+
+
+if __name__ == "__main__":  # python -m maskdcpt.training.pretrain: say where the command is instead of doing nothing
+    raise SystemExit(f"error: {__spec__.name} is a library module; run python tools/pretrain.py --help "
+                     "(python -m maskdcpt lists every tool)")

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,15 +22,19 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ..config import ranged
-from ..errors import CheckpointError, ConfigError, MissingFileError
-from ..models.checkpoint import remove_stale_temporaries, save_weights
+from ..config import flatten, ranged
+from ..errors import CheckpointError, ConfigError, MissingFileError, UserError
+from ..io import remove_stale_temporaries, save_weights
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
 from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, convert_sync_batchnorm
 from .logging import RunLog, TensorBoardLogger
 from .optim import OptimConfig, ParamGroup, build_optimizer, build_scheduler
+from .termination import TerminationRequested, TerminationWatch
 
 log = logging.getLogger(__name__)
+
+# optimiser settings a resumed run takes from its config, not from the checkpoint
+_CONFIGURED = ("initial_lr", "weight_decay", "betas")
 
 
 @dataclass
@@ -145,45 +148,8 @@ class BatchStream(Protocol):
         """Name (in a log line) the files skipped since the last such line."""
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
-class TerminationWatch:
-    """While training: SIGTERM asks for a checkpoint at the next step boundary.
-
-    SIGTERM is how an operator's ``scontrol requeue`` or ``scancel``, a preemption without the job's signal
-    delay, or torchrun's agent stop a run; SLURM sends SIGKILL ``KillWait`` seconds later. Without this the
-    run loses every step since its last periodic checkpoint, and a requeue before the first one starts over.
-    The previous handler still runs (submitit's logs the signal and goes on: the job then trains until
-    SLURM kills it); where SIGTERM used to end the process (no handler), it ends after the checkpoint.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.previous: Any = None
-        self.installed = False
-
-    @property
-    def exit_after_checkpoint(self) -> bool:
-        return self.previous in (signal.SIG_DFL, None)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        if callable(self.previous):
-            self.previous(signum, frame)
-
-    def __enter__(self) -> "TerminationWatch":
-        if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
-            self.previous = signal.getsignal(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, self._handle)
-            self.installed = True
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.installed:
-            signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
-            self.installed = False
+class NonFiniteLossError(UserError, RuntimeError):
+    """The loss stayed non-finite for ``train.max_bad_steps`` steps: the run stops with its last finite state saved."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -268,6 +234,11 @@ class Trainer:
         self.step = 0
         self.bad_in_row = 0
         self.skipped = 0
+        self.resumed = False  # maybe_resume ran: fit() does not resume again
+        self.last_saved_step: int | None = None  # the step of checkpoints/last.ckpt
+        self.termination = TerminationWatch()
+        # the state before the first of a run of non-finite steps (they change no weight, but the schedule moves on)
+        self._before_bad: dict[str, Any] | None = None
         self.logger = TensorBoardLogger(self.run_dir / "tensorboard", enabled=dist_info.is_main)
         self.runlog = runlog if runlog is not None else RunLog(None)
 
@@ -300,6 +271,7 @@ class Trainer:
             return None
         path = self.ckpt_dir / "last.ckpt"
         save_state(self.state_dict(), path)
+        self.last_saved_step = self.step
         meta = {**self.task.weights_metadata(), "step": self.step}
         save_weights(self.task.model.state_dict(), self.ckpt_dir / "last.safetensors", meta)
         if due(self.step, self.cfg.keep_every):
@@ -311,6 +283,7 @@ class Trainer:
         missing = [k for k in ("step", "model", "optimizer", "scheduler") if k not in state]
         if missing:
             raise CheckpointError(f"checkpoint {str(path)!r} lacks {missing}: not a maskdcpt training checkpoint")
+        configured = [{k: g[k] for k in _CONFIGURED} for g in self.optimizer.param_groups]
         try:
             self.task.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -318,18 +291,43 @@ class Trainer:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run's model: {first}") from None
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_configured_rates(configured)
         self.task.load_state_dict(state.get("task", {}))
         set_rng_state(state["rng"])
-        self.step = int(state["step"])
+        self.step = self.last_saved_step = int(state["step"])
         self.bad_in_row = int(state.get("bad_in_row", 0))
         self.skipped = int(state.get("skipped", 0))
         self.best_value = state.get("best_value")
         self.elapsed_before = float(state.get("elapsed_s", 0.0))  # wall time of the earlier sessions of this run
         self._started = time.perf_counter()
 
+    def _apply_configured_rates(self, configured: list[dict[str, Any]]) -> None:
+        """After loading an optimiser state: this run's configured rates, decay and betas, not the saved run's.
+
+        ``load_state_dict`` restores every group's hyper-parameters and the schedule's base rates as they were
+        saved, so a run resumed with a lower ``optim.lr`` (after a divergence) would go on at the old one. The
+        schedule keeps its position; its factor now multiplies the configured rate."""
+        for group, values in zip(self.optimizer.param_groups, configured):
+            group.update(values)
+        self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        step = self.scheduler.last_epoch
+        lrs = [base * fn(step) for base, fn in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self.scheduler._last_lr = lrs
+
+    def _older_checkpoints(self, than: Path) -> str:
+        """A hint naming the checkpoints kept besides ``than`` (``train.keep_every``, a divergence), newest first."""
+        kept = sorted((p for p in self.ckpt_dir.glob("step_*.ckpt") if p != than), reverse=True)
+        if not kept:
+            return ""
+        return (f" Older checkpoints are kept: {', '.join(p.name for p in kept[:3])}"
+                f"{' …' if len(kept) > 3 else ''}; resume from one with --resume {kept[0]}.")
+
     def maybe_resume(self, resume: bool | str) -> None:
         """resume: "auto" (from run_dir/checkpoints/last.ckpt if present), True (must exist),
         False (start fresh), or a checkpoint path."""
+        self.resumed = True
         if resume is False:
             return
         path = self.ckpt_dir / "last.ckpt" if resume in (True, "auto") else Path(resume)
@@ -342,7 +340,7 @@ class Trainer:
                 raise CheckpointError(
                     f"cannot resume this run: {err}. To start it afresh, run again with --no-resume (its checkpoints "
                     "are then overwritten); to keep them, move the run folder away or give another checkpoint with "
-                    "--resume PATH") from None
+                    f"--resume PATH.{self._older_checkpoints(path)}") from None
             if self.dist.is_main:
                 self._forget_validations_after(self.step)
             self.say(f"resumed from {path} at step {self.step}")
@@ -370,8 +368,10 @@ class Trainer:
                         ", ".join(p.name for p in stale))
 
     def fit(self, resume: bool | str = "auto") -> dict[str, Any]:
+        """Train to ``train.max_steps``; resumes first per ``resume`` unless :meth:`maybe_resume` already ran."""
         self.remove_stale_temporaries()
-        self.maybe_resume(resume)
+        if not self.resumed:
+            self.maybe_resume(resume)
         cfg = self.cfg
         if self.step >= cfg.max_steps:
             if self.dist.is_main:
@@ -383,16 +383,18 @@ class Trainer:
             total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
             desc="train", dynamic_ncols=True, smoothing=0.1,
         )
-        if self.step == 0:
-            self.validate()  # the starting point: what pre-training or initialisation gives
-        batches = self._batches()
         window: dict[str, list[float]] = {}
         last_logged: dict[str, float] = {}
         t_wait = t_total = 0.0
         global_batch = cfg.batch_size
-        termination = TerminationWatch()
+        termination = self.termination
         try:
             termination.__enter__()
+            if self.step == 0:
+                self.validate()  # the starting point: what pre-training or initialisation gives
+                if termination.requested:
+                    self._checkpoint_on_termination(termination, saved=False)
+            batches = self._batches()
             while self.step < cfg.max_steps:
                 t0 = time.perf_counter()
                 try:
@@ -425,7 +427,8 @@ class Trainer:
                     window, t_wait, t_total = {}, 0.0, 0.0
                 if self.val_every and (self.step % self.val_every == 0 or self.step == cfg.max_steps):
                     self.validate()
-                saved = due(self.step, cfg.checkpoint_every) or self.step == cfg.max_steps
+                # not amid non-finite steps: they changed no weight, and the checkpoint before them is worth keeping
+                saved = self.step == cfg.max_steps or (due(self.step, cfg.checkpoint_every) and not self.bad_in_row)
                 if saved:
                     self.save_checkpoint()
                 if termination.requested:
@@ -456,14 +459,21 @@ class Trainer:
         if not (self.val_every and self.dist.is_main):
             return None
         start = time.perf_counter()
-        result = self.task.validate(self.step)
+        try:
+            with self.termination.abortable():  # a stop request must not wait for a long validation
+                result = self.task.validate(self.step)
+        except TerminationRequested:
+            self.task.model.train()
+            self.say(f"validation at step {self.step} abandoned: {self.termination.reason} (the checkpoint comes first)")
+            return None
         if result is None:
             return None
         result = {"step": self.step, **result, "seconds": round(time.perf_counter() - start, 2)}
         with open(self.val_log, "a") as f:
             f.write(json.dumps(result) + "\n")
-        self.logger.scalars({f"val/{k}": v for k, v in _flatten_numbers(result).items() if k not in ("step", "seconds")},
-                            self.step)
+        numbers = {k: float(v) for k, v in flatten(result, sep="/").items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "seconds")}
+        self.logger.scalars({f"val/{k}": v for k, v in numbers.items()}, self.step)
         self.task.log_validation(result, self.logger, self.step)
         line = f"val step {self.step}: {self.task.describe_validation(result)}"
         metric = self.task.best_metric
@@ -487,12 +497,14 @@ class Trainer:
         if len(kept) != len(lines):
             self.val_log.write_text("".join(line + "\n" for line in kept))
     def _checkpoint_on_termination(self, termination: TerminationWatch, saved: bool) -> None:
-        termination.requested = False
+        reason, leave, code = termination.reason, termination.exit_after_checkpoint, termination.exit_code
+        termination.clear()
         if not saved:
             self.save_checkpoint()
-        self.say(f"SIGTERM: checkpoint written at step {self.step}; a resumed or requeued run continues from it")
-        if termination.exit_after_checkpoint:
-            raise SystemExit(128 + signal.SIGTERM)
+        self.say(f"{reason}: checkpoint written at step {self.step}; a resumed or requeued run continues from it"
+                 + (" (run the same command again)" if code == 128 + signal.SIGINT else ""))
+        if leave:
+            raise SystemExit(code)
 
     def _progress_line(self, logged: dict[str, float], seconds_per_step: float) -> None:
         """Rank 0: one line of progress into RUN/log.txt, and on stdout when there is no progress bar."""
@@ -561,9 +573,15 @@ class Trainer:
         if self.dist.is_main and due(self.step + 1, self.cfg.image_every):
             self.task.images(out, micro[-1], self.logger, self.step + 1)
 
-        # Every rank must take the same decision, or DDP replicas drift apart.
-        flag = torch.tensor([0.0 if bad_term is None else 1.0], device=self.device)
-        if all_reduce_sum(flag, self.dist).item() > 0:
+        # Every rank must take the same decisions, or DDP replicas drift apart (and wait for each other forever):
+        # whether to drop this update, and whether to stop for a signal that reached only some ranks.
+        flags = torch.tensor([0.0 if bad_term is None else 1.0, float(self.termination.requested)], device=self.device)
+        any_bad, any_stop = (v > 0 for v in all_reduce_sum(flags, self.dist).tolist())
+        if any_stop:
+            self.termination.requested = True
+        if any_bad:
+            if self.bad_in_row == 0:  # what a stop must return to: the schedule before this run of bad steps
+                self._before_bad = {"step": self.step, "scheduler": self.scheduler.state_dict()}
             self.optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
                 for b, saved in zip(self.task.model.buffers(), buffers):
@@ -573,12 +591,9 @@ class Trainer:
             term = bad_term or "on another rank"
             log.warning("step %d: non-finite loss (%s); update skipped (%d in a row)", self.step, term, self.bad_in_row)
             if self.bad_in_row >= cfg.max_bad_steps:
-                raise NonFiniteLossError(
-                    f"stopping: the loss was non-finite for {self.bad_in_row} steps in a row, last at step {self.step}"
-                    f" in term {term!r} (train.max_bad_steps={cfg.max_bad_steps})"
-                )
+                self._stop_diverged(term)
         else:
-            self.bad_in_row = 0
+            self.bad_in_row, self._before_bad = 0, None
             if self.optim_cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.task.model.parameters(), self.optim_cfg.grad_clip)
             self.optimizer.step()
@@ -590,13 +605,31 @@ class Trainer:
         return {k: float(all_reduce_mean(v, self.dist)) if torch.is_tensor(v) else float(v) for k, v in sums.items()}
 
 
-def _flatten_numbers(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """{"top1": 0.5, "per_type": {"noise": 0.9}} → {"top1": 0.5, "per_type/noise": 0.9}; non-numbers are left out."""
-    flat: dict[str, float] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten_numbers(value, name + "/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name] = float(value)
-    return flat
+    def _stop_diverged(self, term: str) -> None:
+        """Stop after ``train.max_bad_steps`` non-finite losses in a row, keeping the state they started from.
+
+        No bad update was applied, so the weights, buffers and optimiser state are those before the first bad step:
+        rewind the step count and the schedule to it and save that as last.ckpt, so that a resume with a lower
+        rate redoes those steps on the same data. A periodic checkpoint from before them is kept beside it as
+        ``step_XXXXXXX.ckpt`` (the weights may have grown useless before the loss overflowed)."""
+        cfg, last, count = self.cfg, self.step, self.bad_in_row
+        before = self._before_bad or {"step": self.step, "scheduler": self.scheduler.state_dict()}
+        self.step = int(before["step"])
+        self.scheduler.load_state_dict(before["scheduler"])
+        self.bad_in_row, self._before_bad = 0, None
+        kept = ""
+        if self.dist.is_main:
+            previous = self.ckpt_dir / "last.ckpt"
+            if self.last_saved_step is not None and self.last_saved_step < self.step and previous.is_file():
+                older = self.ckpt_dir / f"step_{self.last_saved_step:07d}.ckpt"
+                if not older.exists():
+                    previous.replace(older)
+                kept = f"; the checkpoint of step {self.last_saved_step} is kept as {older}"
+            self.save_checkpoint()
+        largest = max((float(p.detach().abs().max()) for p in self.task.model.parameters() if p.numel()), default=0.0)
+        raise NonFiniteLossError(
+            f"stopped: the loss was non-finite for {count} steps in a row, last at step {last} in term {term!r} "
+            f"(train.max_bad_steps={cfg.max_bad_steps}). {self.ckpt_dir / 'last.ckpt'} holds the state before them "
+            f"(step {self.step}, the weights last finite; largest |weight| {largest:.3g}){kept}. Run the same command "
+            "with a lower optim.lr to resume from it")
+
