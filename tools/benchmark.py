@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmarks that print tables: ``python tools/benchmark.py {degradations,models,data,pretrain} [options]``.
+"""Benchmarks that print tables: ``python tools/benchmark.py {degradations,models,data,pretrain,gpu} [options]``.
 
 Each subject lives in a library module with a ``main(argv)``; ``--help`` after the subject lists its options.
 """
@@ -14,6 +14,7 @@ SUBJECTS = {
     "models": "maskdcpt.benchmarks.models",
     "data": "maskdcpt.benchmarks.data",
     "pretrain": "maskdcpt.benchmarks.pretrain",
+    "gpu": "maskdcpt.benchmarks.gpu",
 }
 USAGE = f"usage: python tools/benchmark.py {{{','.join(SUBJECTS)}}} [options]"
 

@@ -23,6 +23,14 @@ def supervised_contrastive_loss(
     """
     if all_features is None:
         all_features, all_labels, anchor_offset = features, labels, 0
+    # float32 throughout: under autocast the matmul would run in bf16 (8 bits of mantissa), and at τ 0.07 a
+    # similarity off by 0.004 moves a logit by 0.06; autocast ignores the .float() of the inputs, so switch it off
+    with torch.autocast(features.device.type, enabled=False):
+        return _supcon(features, labels, temperature, all_features, all_labels, anchor_offset)
+
+
+def _supcon(features: torch.Tensor, labels: torch.Tensor, temperature: float, all_features: torch.Tensor,
+            all_labels: torch.Tensor, anchor_offset: int) -> torch.Tensor:
     z = F.normalize(features.float(), dim=1)
     z_all = F.normalize(all_features.float(), dim=1)
     logits = z @ z_all.t() / temperature  # (B, N)

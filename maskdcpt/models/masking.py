@@ -67,6 +67,62 @@ class LayerNorm2d(nn.LayerNorm):
         return apply_mask(y.permute(0, 3, 1, 2), keep)
 
 
+class PackedLevel:
+    """The visible positions of one resolution, where one keep cell is ``scale × scale`` positions.
+
+    ``index`` (N,) int64: flat indices into the (B·H·W) positions of a (B, C, H, W) map, sample-major; ``sample`` (N,)
+    the sample of each; ``counts`` (B, 1) float, visible positions per sample. ``pack`` takes a map's visible positions
+    as rows (N, C) and ``unpack`` puts rows back into a map that is 0 at hidden positions: layers that act on each
+    position alone (1×1 convolutions, LayerNorm, gates, residual sums) then run on visible positions only, half the
+    work at a 50 % mask, and compute what the zero-filled map computes there (hidden positions never enter a row).
+    """
+
+    def __init__(self, index: torch.Tensor, sample: torch.Tensor, counts: torch.Tensor, batch: int, size: tuple[int, int]):
+        self.index, self.sample, self.counts = index, sample, counts
+        self.batch, self.size = batch, size
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) → rows (N, C) of the visible positions (a view of x when it is channels-last)."""
+        return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).index_select(0, self.index)
+
+    def unpack(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows (N, C) → (B, C, H, W), channels-last in memory, exactly 0 at hidden positions."""
+        h, w = self.size
+        full = rows.new_zeros(self.batch * h * w, rows.shape[1]).index_copy(0, self.index, rows)
+        return full.view(self.batch, h, w, rows.shape[1]).permute(0, 3, 1, 2)
+
+    def mean(self, rows: torch.Tensor) -> torch.Tensor:
+        """The per-sample mean of rows (N, C) over visible positions: (B, C); 0 for a sample with none visible."""
+        sums = rows.new_zeros(self.batch, rows.shape[1]).index_add(0, self.sample, rows)
+        return sums / self.counts.to(sums.dtype).clamp_min(1.0)
+
+
+class VisiblePositions:
+    """The visible cells of a keep map (B, 1, h, w), found once per forward, and their positions at every resolution
+    whose size is a multiple of the grid (``at(scale)``, cached). Finding them reads the number of visible cells back
+    to the host: on CUDA this is one synchronisation per forward, which packed shapes need."""
+
+    def __init__(self, keep: torch.Tensor):
+        self.batch, _, self.h, self.w = keep.shape
+        self.cells = (keep.reshape(-1) > 0.5).nonzero().squeeze(1)
+        self.cell_counts = (keep > 0.5).flatten(1).sum(1, keepdim=True)
+        self._levels: dict[int, PackedLevel] = {}
+
+    def at(self, scale: int) -> PackedLevel:
+        if scale not in self._levels:
+            h, w = self.h * scale, self.w * scale
+            cells = self.cells
+            sample = torch.div(cells, self.h * self.w, rounding_mode="floor")
+            row = torch.div(cells, self.w, rounding_mode="floor") % self.h
+            col = cells % self.w
+            offsets = torch.arange(scale, device=cells.device)
+            corner = sample * (h * w) + row * scale * w + col * scale
+            index = (corner[:, None, None] + offsets[None, :, None] * w + offsets[None, None, :]).reshape(-1)
+            self._levels[scale] = PackedLevel(index, sample.repeat_interleave(scale * scale), self.cell_counts * scale * scale,
+                                              self.batch, (h, w))
+        return self._levels[scale]
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """Reflect-pad (B, C, H, W) on the right and bottom to a multiple; returns the original (H, W)."""
     h, w = x.shape[-2:]

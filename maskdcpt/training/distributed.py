@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,33 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def convert_sync_batchnorm(module: nn.Module, device_type: str, process_group: object | None = None) -> nn.Module:
+    """Make every BatchNorm of ``module`` normalise with the statistics of the global batch, in place (the same
+    parameter and buffer tensors); returns the module (a new one only when ``module`` is itself a BatchNorm).
+
+    The classifier's :class:`MaskedBatchNorm2d` becomes a :class:`SyncMaskedBatchNorm2d`, which keeps the mask (its
+    statistics are the visible positions of every rank's batch) and runs on CPU (gloo) as on CUDA.
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` would turn it into a plain SyncBatchNorm that no longer takes the
+    mask, so hidden positions would enter the statistics and N ranks would train another classifier than one
+    process. Other BatchNorms become ``nn.SyncBatchNorm`` on CUDA; on CPU, where that does not run, they stay per
+    rank.
+    """
+    from ..models.classifier import MaskedBatchNorm2d, SyncMaskedBatchNorm2d
+
+    if isinstance(module, MaskedBatchNorm2d):
+        if isinstance(module, SyncMaskedBatchNorm2d):
+            module.process_group = process_group
+            return module
+        return SyncMaskedBatchNorm2d.from_module(module, process_group)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group) if device_type == "cuda" else module
+    for name, child in module.named_children():
+        converted = convert_sync_batchnorm(child, device_type, process_group)
+        if converted is not child:
+            module.add_module(name, converted)
+    return module
 
 
 def _cgroup_cpu_limit() -> int | None:

@@ -29,7 +29,6 @@ from ..losses import LossConfig, LossInputs, check_weights, loss_weights, total_
 from ..models import build_maskdcpt
 from ..models.checkpoint import ENCODER_FORMAT
 from ..models.maskdcpt import MaskDCPTOutput
-from ..models.masking import random_keep_map
 from .distributed import DistInfo, gather_with_grad
 from .logging import TensorBoardLogger, confusion_matrix, image_grid, render_confusion
 from .optim import OptimConfig, ParamGroup, weight_decay_groups
@@ -137,15 +136,44 @@ def run_dir(cfg: PretrainConfig) -> Path:
     return Path(cfg.run.output_dir) / (cfg.run.name or f"pretrain_{cfg.model.name}")
 
 
-def keep_maps(indices: Sequence[int], grid: tuple[int, int], mask_ratio: float, seed: int) -> torch.Tensor:
-    """One keep map per sample, drawn from (seed, global sample index) alone, so a sample is
-    masked the same whatever the number of ranks, the accumulation or a resume."""
-    maps = []
-    for index in indices:
-        state = np.random.SeedSequence([seed, _MASK_STREAM, int(index)]).generate_state(2, dtype=np.uint32)
-        g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-        maps.append(random_keep_map(1, grid, mask_ratio, generator=g))
-    return torch.cat(maps, dim=0)
+def keep_maps(indices: Sequence[int] | torch.Tensor, grid: tuple[int, int], mask_ratio: float, seed: int) -> torch.Tensor:
+    """One keep map per sample (B, 1, h, w) in {0, 1}, drawn from (seed, global sample index) alone, so a sample is
+    masked the same whatever the number of ranks, the accumulation or a resume; exactly ``round(h·w·(1 − ratio))``
+    cells visible (at least one), as ``random_keep_map``.
+
+    MAE's noise → argsort → keep, with the noise a counter-based hash of (seed, index, cell) computed on the indices'
+    device in one go: no per-sample generator, no loop, nothing read back to the host (the batch's indices stay
+    where the trainer put them). The hash is a bijection of the cell for a given sample, so no two cells tie.
+    """
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must lie in [0, 1), got {mask_ratio}")
+    index = torch.as_tensor(indices, dtype=torch.int64)
+    h, w = grid
+    n_keep = max(1, int(round(h * w * (1.0 - mask_ratio))))
+    start = _mix32((seed & _LOW32) ^ _mix32(_MASK_STREAM ^ _mix32(seed >> 32)))
+    state = _mix32(_mix32(index.bitwise_and(_LOW32) ^ start) ^ (index >> 32))
+    cells = torch.arange(h * w, device=index.device)
+    noise = _mix32(state[:, None] ^ _mix32(cells)[None, :])
+    keep = torch.zeros(index.shape[0], h * w, device=index.device)
+    keep.scatter_(1, noise.argsort(dim=1)[:, :n_keep], 1.0)
+    return keep.view(-1, 1, h, w)
+
+
+_LOW32 = 0xFFFFFFFF
+
+
+def _mul32(a, c: int):
+    """a · c mod 2**32 for a in [0, 2**32), in int64 without overflow (c split into 16-bit halves)."""
+    return (a * (c & 0xFFFF) + (((a * (c >> 16)) & 0xFFFF) << 16)) & _LOW32
+
+
+def _mix32(x):
+    """A 32-bit integer hash (xor-shift-multiply, the "lowbias32" constants): a bijection of [0, 2**32) whose output
+    bits each depend on every input bit; works on Python ints and int64 tensors alike."""
+    x = x & _LOW32
+    x = _mul32(x ^ (x >> 16), 0x7FEB352D)
+    x = _mul32(x ^ (x >> 15), 0x846CA68B)
+    return x ^ (x >> 16)
 
 
 class _OutputsAsDict(nn.Module):
@@ -197,7 +225,7 @@ class PretrainTask(Task):
         patch = self.model.patch_size
         h, w = lq.shape[-2:]
         grid = (-(-h // patch), -(-w // patch))
-        keep = keep_maps(batch["index"].tolist(), grid, cfg.model.mask_ratio, cfg.train.seed).to(lq.device)
+        keep = keep_maps(batch["index"], grid, cfg.model.mask_ratio, cfg.train.seed).to(lq.device)
         loss = cfg.loss
         generate = loss.rec_source == "gt" and loss.w_rec > 0
         generated = None
@@ -275,7 +303,7 @@ class PretrainTask(Task):
             for batch in val.batches():
                 lq, gt = batch["lq"].to(device), batch["gt"].to(device)
                 grid = (-(-lq.shape[-2] // model.patch_size), -(-lq.shape[-1] // model.patch_size))
-                keep = keep_maps(batch["index"].tolist(), grid, self.cfg.model.mask_ratio, self.cfg.val.seed).to(device)
+                keep = keep_maps(batch["index"], grid, self.cfg.model.mask_ratio, self.cfg.val.seed).to(device)
                 out = model(lq, keep=keep)
                 preds.append(out.logits.argmax(1).cpu())
                 pooled.append(out.features.float().cpu())

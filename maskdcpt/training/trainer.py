@@ -26,7 +26,7 @@ from ..config import flatten, ranged
 from ..errors import CheckpointError, ConfigError, MissingFileError, UserError
 from ..io import remove_stale_temporaries, save_weights
 from .checkpoint import load_state, rng_state, save_state, set_rng_state
-from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, state_digest
+from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, convert_sync_batchnorm, state_digest
 from .hold import StepHold
 from .logging import RunLog, TensorBoardLogger
 from .optim import OptimConfig, ParamGroup, build_optimizer, build_scheduler
@@ -217,11 +217,10 @@ class Trainer:
         if cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda"):
             self.autocast_dtype = torch.bfloat16
 
-        if dist_info.enabled and self.device.type == "cuda":
-            # one set of BatchNorm statistics over the global batch, as a single process would compute (in place:
-            # the new modules keep the same parameters); SyncBatchNorm does not run on CPU, where each rank
-            # normalises its own share
-            nn.SyncBatchNorm.convert_sync_batchnorm(task.model)
+        if dist_info.enabled:
+            # one set of BatchNorm statistics over the global batch, as a single process computes them (in place: the
+            # same parameters); the classifier's masked BatchNorms keep their mask, on CPU (gloo) as on CUDA
+            convert_sync_batchnorm(task.model, self.device.type)
         task.model.to(self.device)
         self.optimizer = build_optimizer(task.param_groups(optim), optim)
         self.scheduler = build_scheduler(self.optimizer, optim, cfg.max_steps)
