@@ -41,7 +41,8 @@ class LaunchOptions:
     gpus_per_node: int = 0
     # Defaults to one task per GPU (or one task on CPU); set it for multi-process CPU runs.
     tasks_per_node: int | None = None
-    cpus_per_task: int = 1
+    # None: one CPU for the training process and one per data-loader worker (``with_cpus_for``)
+    cpus_per_task: int | None = None
     partition: str | None = None
     timeout_min: int = 60
     # SLURM sends the preemption signal this long before the time limit: time to requeue.
@@ -58,7 +59,7 @@ class LaunchOptions:
         if self.launcher not in LAUNCHERS:
             raise ConfigError(f"launcher {self.launcher!r} is not one of {list(LAUNCHERS)}")
         for key in ("nodes", "cpus_per_task", "timeout_min"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"launcher option {key} must be >= 1, got {getattr(self, key)}")
         if self.gpus_per_node < 0:
             raise ConfigError(f"launcher option gpus_per_node must be >= 0, got {self.gpus_per_node}")
@@ -72,6 +73,21 @@ class LaunchOptions:
         if self.tasks_per_node is not None:
             return self.tasks_per_node
         return max(self.gpus_per_node, 1)
+
+    def with_cpus_for(self, *configs: Any) -> "LaunchOptions":
+        """These options with ``cpus_per_task`` sized for the runs' ``data.num_workers``: one CPU per data-loader
+        worker and one for the training process, the most any of ``configs`` needs. A task given fewer CPUs than
+        that starves its workers (16 workers on 1 CPU feed a GPU at a sixteenth of their rate), so an explicit
+        ``--cpus-per-task`` below it is refused."""
+        workers = max((getattr(getattr(c, "data", None), "num_workers", 0) or 0 for c in configs), default=0)
+        need = workers + 1
+        if self.cpus_per_task is None:
+            return dataclasses.replace(self, cpus_per_task=need)
+        if self.cpus_per_task < need:
+            raise ConfigError(f"--cpus-per-task {self.cpus_per_task} is fewer than a task needs: {workers} data-loader "
+                              f"workers (data.num_workers) and the training process; ask for --cpus-per-task {need}, "
+                              "or lower data.num_workers")
+        return self
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "LaunchOptions":
@@ -89,7 +105,8 @@ def add_launcher_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--gpus-per-node", dest="gpus_per_node", type=int, default=d.gpus_per_node)
     g.add_argument("--tasks-per-node", dest="tasks_per_node", type=int, default=None,
                    help="processes per node (default: one per GPU, 1 on CPU)")
-    g.add_argument("--cpus-per-task", dest="cpus_per_task", type=int, default=d.cpus_per_task)
+    g.add_argument("--cpus-per-task", dest="cpus_per_task", type=int, default=None,
+                   help="CPUs per task (default: data.num_workers + 1, a CPU per data-loader worker and the trainer's)")
     g.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's default)")
     g.add_argument("--timeout-min", dest="timeout_min", type=int, default=d.timeout_min)
     g.add_argument("--signal-delay-s", dest="signal_delay_s", type=int, default=d.signal_delay_s,
@@ -111,7 +128,7 @@ def executor_parameters(opts: LaunchOptions) -> dict[str, Any]:
         "name": opts.job_name,
         "nodes": opts.nodes,
         "tasks_per_node": opts.resolved_tasks_per_node,
-        "cpus_per_task": opts.cpus_per_task,
+        "cpus_per_task": opts.cpus_per_task or 1,
         "gpus_per_node": opts.gpus_per_node,
         "timeout_min": opts.timeout_min,
     }
@@ -224,6 +241,7 @@ def launch(target: str | Target, config_path: str | None, overrides: Sequence[st
         # The job may start in another working directory (a requeue, a different node's mount).
         config_path = str(Path(config_path).resolve())
     cfg = tgt.config(config_path, list(overrides))
+    opts = opts.with_cpus_for(cfg)
     folder = tgt.folder(cfg).resolve()
     executor = build_executor(opts, folder / "slurm" / "%j")
     job = executor.submit(TrainingJob(tgt, config_path, list(overrides), resume=resume))

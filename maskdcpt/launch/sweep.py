@@ -164,16 +164,13 @@ def resolve_base_config(base_config: str | None, spec_path: str | None) -> str |
 
 
 def check_members(spec: SweepSpec, sweep_dir: Path, extra_overrides: Sequence[str],
-                  base_config: str | None) -> list[tuple[SweepMember, list[str], Path]]:
-    """Every member's overrides, built into its config (so that a bad member fails before anything is queued, in
-    a dry run as in a launch), and its run folder."""
+                  base_config: str | None) -> list[tuple[SweepMember, list[str], Any]]:
+    """Every member's overrides and its config, built (so that a bad member fails before anything is queued, in
+    a dry run as in a launch)."""
     target = resolve_target(spec.target)
-    checked = []
-    for member in spec.members:
-        overrides = member_overrides(spec, member, sweep_dir, extra_overrides)
-        cfg = target.config(base_config, overrides)
-        checked.append((member, overrides, target.folder(cfg)))
-    return checked
+    return [(member, overrides, target.config(base_config, overrides))
+            for member in spec.members
+            for overrides in [member_overrides(spec, member, sweep_dir, extra_overrides)]]
 
 
 def submit_sweep(spec: SweepSpec, sweep_dir: str | Path, opts: LaunchOptions, extra_overrides: Sequence[str] = (),
@@ -185,6 +182,7 @@ def submit_sweep(spec: SweepSpec, sweep_dir: str | Path, opts: LaunchOptions, ex
     target = resolve_target(spec.target)
     base_config = resolve_base_config(spec.base_config, spec_source)
     jobs_spec = check_members(spec, sweep_dir, extra_overrides, base_config)
+    opts = opts.with_cpus_for(*(cfg for _, _, cfg in jobs_spec))
     executor = build_executor(opts, sweep_dir / "slurm" / "%j")  # refuses what the cluster can never run
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with executor.batch():
@@ -197,10 +195,10 @@ def submit_sweep(spec: SweepSpec, sweep_dir: str | Path, opts: LaunchOptions, ex
         "launcher": opts.launcher,
         "submitted": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "members": [
-            {"name": m.name, "overrides": ov, "run_dir": str(folder), "job_id": str(job.job_id),
+            {"name": m.name, "overrides": ov, "run_dir": str(target.folder(cfg)), "job_id": str(job.job_id),
              "job_folder": str(Path(job.paths.folder)), "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
              "result": str(job.paths.result_pickle)}
-            for (m, ov, folder), job in zip(jobs_spec, jobs)
+            for (m, ov, cfg), job in zip(jobs_spec, jobs)
         ],
     }
     (sweep_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))

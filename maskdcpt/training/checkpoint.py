@@ -36,6 +36,10 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what ``rng_state`` saved. A run resumed on fewer (or more) GPUs than it was saved with restores the
+    devices both have: ``torch.cuda.set_rng_state_all`` would index past the visible devices. Nothing of ours
+    draws from these generators (every draw is seeded by (seed, position)), so the others need no state."""
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for device, cuda_state in enumerate(list(state["cuda"])[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)

@@ -55,6 +55,11 @@ class ModelEMA:
             ema_buffers[name].copy_(b)
         self.num_updates += 1
 
+    def to(self, device: torch.device | str) -> "ModelEMA":
+        """Move the shadow to ``device`` (it stays float32)."""
+        self.module.to(device)
+        return self
+
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:
         """Write the EMA weights (and buffers) into ``model``, cast to its dtypes."""

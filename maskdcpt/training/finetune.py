@@ -171,6 +171,10 @@ class FinetuneTask(Task):
         self.ema = ModelEMA(self.model, cfg.ema_decay, warmup=cfg.ema_warmup)
         self._val_set: ValidationSet | None = None
 
+    def to(self, device: torch.device) -> None:
+        self.model.to(device)
+        self.ema.to(device)  # the shadow is updated from the model every step and validated on the same device
+
     def param_groups(self, optim: OptimConfig) -> list[ParamGroup]:
         return weight_decay_groups("restorer", self.model.named_parameters(), optim.lr, optim.weight_decay)
 

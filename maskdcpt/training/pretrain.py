@@ -202,8 +202,8 @@ class PretrainTask(Task):
             self.model.backbone.zero_init_head()
         self.has_unused_parameters = 0.0 in loss_weights(cfg.loss).values()
         self._outputs_as_dict = _OutputsAsDict(self.model)
-        self._preds: list[np.ndarray] = []
-        self._targets: list[np.ndarray] = []
+        self._preds: list[torch.Tensor] = []  # training predictions and targets since the last confusion image
+        self._targets: list[torch.Tensor] = []
         self._val_set: ValidationSet | None = None
 
     @property
@@ -248,9 +248,9 @@ class PretrainTask(Task):
 
     def metrics(self, out: StepOutput, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         pred = out.extras["out"].logits.detach().argmax(dim=1)
-        if self.dist.is_main:
-            self._preds.append(pred.cpu().numpy())
-            self._targets.append(batch["type_id"].cpu().numpy())
+        if self.dist.is_main and self.cfg.train.image_every:  # for the next confusion image; kept on the device
+            self._preds.append(pred)
+            self._targets.append(batch["type_id"].detach())
         return {"metrics/top1": (pred == batch["type_id"]).float().mean()}
 
     def images(self, out: StepOutput, batch: dict[str, Any], logger: TensorBoardLogger, step: int) -> None:
@@ -260,7 +260,8 @@ class PretrainTask(Task):
         logger.image("images/lq_masked_reconstruction_gt", grid, step)
         if self._preds:
             names = self.class_names()
-            counts = confusion_matrix(np.concatenate(self._preds), np.concatenate(self._targets), len(names))
+            counts = confusion_matrix(torch.cat(self._preds).cpu().numpy(), torch.cat(self._targets).cpu().numpy(),
+                                      len(names))
             logger.image("classification/confusion", render_confusion(counts, names), step, dataformats="HWC")
             self._preds, self._targets = [], []
 

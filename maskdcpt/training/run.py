@@ -33,17 +33,19 @@ class RunConfig:
     name: str | None = None
 
 
-def build_loader_factory(cfg: Any, dist: DistInfo) -> Callable[[int], Any]:
+def build_loader_factory(cfg: Any, dist: DistInfo, device: torch.device | None = None) -> Callable[[int], Any]:
     """start_step → this rank's batch stream (``cfg.data``, ``cfg.train``); the global batch is
-    split evenly over the ranks."""
+    split evenly over the ranks. Batches for a GPU come in pinned memory, so that their copy to the device runs
+    beside the computation (the trainer copies with ``non_blocking``)."""
     from ..data.loader import build_train_loader
 
     per_rank = cfg.train.batch_size // dist.world_size
+    pin = device is not None and device.type == "cuda"
 
     def make(start_step: int):
         return build_train_loader(
             cfg.data, seed=cfg.train.seed, batch_size=per_rank, rank=dist.rank, world_size=dist.world_size,
-            num_workers=cfg.data.num_workers, start_step=start_step,
+            num_workers=cfg.data.num_workers, start_step=start_step, pin_memory=pin,
         )
 
     return make
@@ -147,7 +149,7 @@ def run_task(cfg: Any, out_dir: Path, make_task: Callable[[Any, DistInfo], Task]
         task = make_task(cfg, dist)
         if dist.is_main and announce is not None:
             runlog.say(announce(task))
-        trainer = Trainer(task, cfg.train, cfg.optim, out_dir, build_loader_factory(cfg, dist), dist,
+        trainer = Trainer(task, cfg.train, cfg.optim, out_dir, build_loader_factory(cfg, dist, device), dist,
                           val_every=cfg.val.every, runlog=runlog)
         trainer.maybe_resume(resume)  # a damaged checkpoint is refused here, before anything is written
         if dist.is_main:

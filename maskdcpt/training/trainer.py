@@ -83,6 +83,11 @@ class Task(abc.ABC):
         """The module ``step`` calls and DDP wraps: the model, or a wrapper that shows DDP every output."""
         return self.model
 
+    def to(self, device: torch.device) -> None:
+        """Move every module and tensor the task owns to ``device`` (the trainer's): the model, and whatever else a
+        task keeps beside it (fine-tuning's EMA copy), so that nothing is left on the CPU of a GPU run."""
+        self.model.to(device)
+
     @abc.abstractmethod
     def param_groups(self, optim: OptimConfig) -> list[ParamGroup]: ...
 
@@ -221,7 +226,7 @@ class Trainer:
             # one set of BatchNorm statistics over the global batch, as a single process computes them (in place: the
             # same parameters); the classifier's masked BatchNorms keep their mask, on CPU (gloo) as on CUDA
             convert_sync_batchnorm(task.model, self.device.type)
-        task.model.to(self.device)
+        task.to(self.device)
         self.optimizer = build_optimizer(task.param_groups(optim), optim)
         self.scheduler = build_scheduler(self.optimizer, optim, cfg.max_steps)
         self.model: nn.Module = task.forward_module
@@ -384,7 +389,8 @@ class Trainer:
             total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
             desc="train", dynamic_ncols=True, smoothing=0.1,
         )
-        window: dict[str, list[float]] = {}
+        window: dict[str, torch.Tensor] = {}  # each logged term summed over the steps since the last log line
+        window_steps = 0
         last_logged: dict[str, float] = {}
         t_wait = t_total = 0.0
         global_batch = cfg.batch_size
@@ -405,19 +411,18 @@ class Trainer:
                     raise RuntimeError(f"the data loader ran out at step {self.step}; it must be endless") from None
                 t1 = time.perf_counter()
                 logs = self._train_step(_to_device(batch, self.device))
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                t2 = time.perf_counter()
+                t2 = time.perf_counter()  # no device sync for this: the step's decision to update already waited
                 t_wait += t1 - t0
                 t_total += t2 - t0
-                for k, v in logs.items():
-                    window.setdefault(k, []).append(v)
+                for k, v in logs.items():  # summed on the device; read once per log line
+                    window[k] = window[k] + v if k in window else v
+                window_steps += 1
                 self.step += 1
                 self.task.after_step(self.step)
                 bar.update(1)
                 if due(self.step, cfg.log_every) or self.step == cfg.max_steps:
-                    last_logged = {k: sum(v) / len(v) for k, v in window.items()}
-                    last_logged["perf/samples_per_s"] = global_batch * len(next(iter(window.values()), [0])) / max(t_total, 1e-9)
+                    last_logged = self._window_means(window, window_steps)
+                    last_logged["perf/samples_per_s"] = global_batch * window_steps / max(t_total, 1e-9)
                     last_logged["perf/data_wait_fraction"] = t_wait / max(t_total, 1e-9)
                     for i, g in enumerate(self.optimizer.param_groups):
                         last_logged[f"lr/{g.get('name', i)}"] = g["lr"]
@@ -425,8 +430,8 @@ class Trainer:
                     last_logged["data/skipped_files"] = float(self.loader.skipped)  # by this rank's loader
                     self.logger.scalars(last_logged, self.step)
                     bar.set_postfix(self._postfix(last_logged), refresh=False)
-                    self._progress_line(last_logged, t_total / max(len(next(iter(window.values()), [0])), 1))
-                    window, t_wait, t_total = {}, 0.0, 0.0
+                    self._progress_line(last_logged, t_total / max(window_steps, 1))
+                    window, window_steps, t_wait, t_total = {}, 0, 0.0, 0.0
                 if self.val_every and (self.step % self.val_every == 0 or self.step == cfg.max_steps):
                     self.validate()
                 # not amid non-finite steps: they changed no weight, and the checkpoint before them is worth keeping
@@ -555,11 +560,11 @@ class Trainer:
         # every rank's own weights, so that a launcher (or a test) can see that DDP replicas ended identical
         return {**metrics, "weights_sha256": state_digest(self.task.model.state_dict())}
 
-    def _train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+    def _train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         micro = _split(batch, cfg.grad_accum)
-        sums: dict[str, torch.Tensor] = {}
+        sums: dict[str, torch.Tensor] = {}  # this rank's terms, means over the micro-batches, on the device
         bad_term = None
         # Buffers (BatchNorm statistics) change in the forward pass; a skipped step must leave them too.
         buffers = [b.detach().clone() for b in self.task.model.buffers()]
@@ -607,7 +612,16 @@ class Trainer:
             # torch would otherwise warn about.
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
-        return {k: float(all_reduce_mean(v, self.dist)) if torch.is_tensor(v) else float(v) for k, v in sums.items()}
+        return sums
+
+    def _window_means(self, window: dict[str, torch.Tensor], steps: int) -> dict[str, float]:
+        """The logged terms' means over the window's steps and over the ranks: one collective and one read of the
+        device for the whole window, not one per term and step."""
+        if not window:
+            return {}
+        names = list(window)
+        means = all_reduce_mean(torch.stack([window[k].float() for k in names]) / max(steps, 1), self.dist)
+        return dict(zip(names, means.tolist()))
 
 
     def _stop_diverged(self, term: str) -> None:
