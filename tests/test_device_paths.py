@@ -3,7 +3,8 @@ trainer's device, a resume on fewer GPUs restores what it can, a SLURM task gets
 loop reads the device once per log line, not once per term and step."""
 from __future__ import annotations
 
-import dataclasses
+import os
+import sys
 
 import pytest
 import torch
@@ -98,8 +99,15 @@ def test_the_loop_reads_the_device_once_per_log_line(tmp_path, monkeypatch):
     trainer = Trainer(task, cfg.train, cfg.optim, tmp_path, lambda start: _Repeat(_fixed_batch()))
     reads = []
     real_tolist, real_item = torch.Tensor.tolist, torch.Tensor.item
-    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(("tolist", tuple(t.shape))) or real_tolist(t))
-    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(("item", tuple(t.shape))) or real_item(t))
+
+    def ours() -> bool:  # a read made by maskdcpt's code (torch's optimisers read their own CPU step counters)
+        caller = sys._getframe(2).f_code.co_filename
+        return f"{os.sep}maskdcpt{os.sep}" in caller
+
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: (ours() and reads.append(("tolist", tuple(t.shape))))
+                        or real_tolist(t))
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: (ours() and reads.append(("item", tuple(t.shape))))
+                        or real_item(t))
     logged = []
     real_scalars = trainer.logger.scalars
     trainer.logger.scalars = lambda values, step: logged.append((step, dict(values))) or real_scalars(values, step)
