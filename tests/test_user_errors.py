@@ -196,3 +196,13 @@ def test_an_integer_field_takes_an_integral_number_in_scientific_notation(tmp_pa
     for bad in ("1e-3", "1.5", "inf", "ten"):
         with pytest.raises(ConfigError, match=rf"train.max_steps: expected an integer, got '?{bad}'?"):
             load_pretrain_config(None, [f"train.max_steps={bad}"])
+
+
+def test_benchmark_help_lists_every_subject_with_a_line():
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "benchmark.py"), "--help"], capture_output=True,
+                         text=True, env=run_env(), cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    for subject in ("degradations", "models", "data", "pretrain", "gpu"):
+        line = next(x for x in lines if x.split()[:1] == [subject])
+        assert len(line.split()) > 3, line  # a subject and what it measures

@@ -9,25 +9,37 @@ import sys
 from maskdcpt.cli import tool_main
 from maskdcpt.errors import ConfigError
 
+# subject → (its library module, what it measures)
 SUBJECTS = {
-    "degradations": "degradations.benchmark",
-    "models": "maskdcpt.benchmarks.models",
-    "data": "maskdcpt.benchmarks.data",
-    "pretrain": "maskdcpt.benchmarks.pretrain",
-    "gpu": "maskdcpt.benchmarks.gpu",
+    "degradations": ("degradations.benchmark", "ms per sample of every degradation type on one CPU core"),
+    "models": ("maskdcpt.benchmarks.models", "parameters, GFLOPs and training img/s per backbone (dense, masked; fp32, bf16)"),
+    "data": ("maskdcpt.benchmarks.data", "samples/s per worker core from a file index or shards; the index at 2.5 M files"),
+    "pretrain": ("maskdcpt.benchmarks.pretrain", "the MaskDCPT step against the dense step; the data-wait fraction"),
+    "gpu": ("maskdcpt.benchmarks.gpu", "every GPU figure in one run (--out DIR; --quick on a CPU)"),
 }
 USAGE = f"usage: python tools/benchmark.py {{{','.join(SUBJECTS)}}} [options]"
+
+
+def describe() -> str:
+    width = max(map(len, SUBJECTS))
+    lines = [USAGE, "", "subjects:"]
+    lines += [f"  {name:<{width}}  {about}" for name, (_, about) in SUBJECTS.items()]
+    lines += ["", "python tools/benchmark.py SUBJECT --help lists a subject's options."]
+    return "\n".join(lines)
 
 
 @tool_main
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE, file=sys.stderr)
+    if argv and argv[0] in ("-h", "--help"):
+        print(describe())
+        return 0
+    if not argv:
+        print(describe(), file=sys.stderr)
         return 2
     if argv[0] not in SUBJECTS:
         raise ConfigError(f"unknown benchmark {argv[0]!r}; one of {', '.join(SUBJECTS)} ({USAGE.removeprefix('usage: ')})")
-    module = importlib.import_module(SUBJECTS[argv[0]])
+    module = importlib.import_module(SUBJECTS[argv[0]][0])
     return module.main(argv[1:]) or 0
 
 
