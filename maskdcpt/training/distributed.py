@@ -96,13 +96,30 @@ def all_reduce_sum(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward returns to each rank the gradient of its own rows summed over every
+    rank's graph (each rank's loss uses every rank's rows). What ``torch.distributed.nn.functional.all_gather`` did
+    (deprecated in torch 2.14, with a warning at every call: one per step in the run's log)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Concatenate ``x`` from every rank along dim 0, keeping the autograd graph (for SupCon)."""
+    """Concatenate ``x`` from every rank along dim 0 (equal row counts), keeping the autograd graph (for SupCon)."""
     if not info.enabled:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
