@@ -151,11 +151,12 @@ def run_task(cfg: Any, out_dir: Path, make_task: Callable[[Any, DistInfo], Task]
             runlog.say(announce(task))
         trainer = Trainer(task, cfg.train, cfg.optim, out_dir, build_loader_factory(cfg, dist, device), dist,
                           val_every=cfg.val.every, runlog=runlog)
+        if dist.is_main:
+            runlog.say(f"run folder: {out_dir.resolve()}")
         trainer.maybe_resume(resume)  # a damaged checkpoint is refused here, before anything is written
         if dist.is_main:
             runlog.commit()
             record_config(cfg, out_dir, runlog, changes, resolved)
-            runlog.say(f"run folder: {out_dir.resolve()}")
         started = True
         metrics = trainer.fit(resume)
         if dist.is_main and finished is not None:
