@@ -3,6 +3,7 @@
 interrupted one), and the cluster path through submitit's local executor. No test asserts the numbers."""
 from __future__ import annotations
 
+import ast
 import json
 import re
 import runpy
@@ -11,10 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maskdcpt.config import to_dict
-from maskdcpt.experiments import transfer
-from maskdcpt.experiments.transfer import (ARMS, ExperimentFolder, load_arm_job_config, load_transfer_config,
-                                           plan_arms, preset_path, run_arm, run_arm_job, run_experiment)
+from maskdcpt.config import flatten, to_dict
+from maskdcpt.experiments import plan as plan_module
+from maskdcpt.experiments.plan import (ARMS, ExperimentFolder, load_arm_job_config, load_transfer_config, plan_arms,
+                                       preset_path)
+from maskdcpt.experiments.run import run_arm, run_arm_job, run_experiment
 from maskdcpt.launch import TrainingJob
 from maskdcpt.training.finetune import five_d_val_tasks
 from maskdcpt.training.trainer import Trainer
@@ -34,15 +36,9 @@ PRETRAIN_CHANGES = {
 }
 
 
-def _flat(data, prefix=""):
-    if isinstance(data, dict):
-        return {k: v for key, value in data.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: data}
-
-
 def _changes(cfg, reference) -> dict:
     """{key: value in cfg} where cfg differs from reference, placement (run.*) left out."""
-    a, b = _flat(to_dict(cfg)), _flat(to_dict(reference))
+    a, b = flatten(to_dict(cfg)), flatten(to_dict(reference))
     return {k: a.get(k) for k in set(a) | set(b) if a.get(k) != b.get(k) and not k.startswith("run.")}
 
 
@@ -89,6 +85,32 @@ def test_recipes_that_would_blur_the_arms_are_refused(overrides, message, tmp_pa
         plan_arms(load_transfer_config(preset_path("smoke"), overrides), tmp_path)
 
 
+def test_the_experiment_package_imports_only_downwards():
+    """plan ← report ← cluster ← run: the report needs the plan only; nothing imports back up."""
+    allowed = {"plan": set(), "report": {"plan"}, "cluster": {"plan", "report"}, "run": {"plan", "report", "cluster"}}
+    folder = REPO / "maskdcpt" / "experiments"
+    assert {p.stem for p in folder.glob("*.py")} == {"__init__", *allowed}
+    for name, deps in allowed.items():
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported |= {node.module} if node.module else {a.name for a in node.names}
+        assert imported == deps, name
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["transfer", "--preset", "nosuch"], "no preset 'nosuch'"),
+    (["transfer", "--preset", "smoke", "arms=[scratch,masked]"], "unknown arm 'masked'"),
+    (["transfer", "--collect", "{tmp}"], "is not a transfer experiment folder"),
+])
+def test_the_tools_mistakes_end_in_one_line(argv, expected, tmp_path, capsys):
+    main = runpy.run_path(str(REPO / "tools" / "experiment.py"))["main"]
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+
+
 def test_a_folder_keeps_its_recipe_and_its_runs_their_configs(tmp_path):
     cfg = load_transfer_config(preset_path("smoke"))
     folder = ExperimentFolder(tmp_path)
@@ -110,9 +132,9 @@ def test_an_arm_job_resolves_its_folder_and_always_resumes(tmp_path):
     folder.prepare(load_transfer_config(preset_path("smoke")), None)
     overrides = ["arm=no_mask", f"run.output_dir={tmp_path}", "run.name=no_mask"]
     cfg = load_arm_job_config(folder.config_file, overrides)
-    assert transfer.arm_dir(cfg) == tmp_path / "no_mask"
+    assert plan_module.arm_dir(cfg) == tmp_path / "no_mask"
     job = TrainingJob("transfer_arm", str(folder.config_file), overrides)
-    assert job.target.run == "maskdcpt.experiments.transfer:run_arm_job"
+    assert job.target.run == "maskdcpt.experiments.run:run_arm_job"
     assert job.checkpoint().function.resume == "auto"  # the arm's runs find their own last.ckpt
     with pytest.raises(ValueError, match="arm: 'masked' is not one of"):
         load_arm_job_config(folder.config_file, ["arm=masked"])

@@ -287,7 +287,8 @@ def test_three_member_sweep_runs_as_one_array_and_collects(partition, tmp_path, 
 
 
 def test_transfer_experiment_runs_its_arms_as_one_array_and_reports_after_it(partition, tmp_path):
-    from maskdcpt.experiments.transfer import load_transfer_config, preset_path, run_experiment
+    from maskdcpt.experiments.plan import load_transfer_config, preset_path
+    from maskdcpt.experiments.run import run_experiment
 
     out = tmp_path / "transfer"
     cfg = load_transfer_config(preset_path("smoke"), [
@@ -314,8 +315,9 @@ def test_transfer_experiment_runs_its_arms_as_one_array_and_reports_after_it(par
 
 def test_requeued_transfer_arm_skips_its_finished_pretraining_and_resumes_its_finetuning(partition, tmp_path,
                                                                                         monkeypatch):
-    from maskdcpt.experiments import transfer
-    from maskdcpt.experiments.transfer import load_transfer_config, preset_path, run_experiment
+    from maskdcpt.experiments import cluster
+    from maskdcpt.experiments.plan import load_transfer_config, preset_path
+    from maskdcpt.experiments.run import run_experiment
 
     out = tmp_path / "transfer"
     cfg = load_transfer_config(preset_path("smoke"), [
@@ -337,7 +339,7 @@ def test_requeued_transfer_arm_skips_its_finished_pretraining_and_resumes_its_fi
             time.sleep(1)
 
     # launch.wait: the submitting process waits for the jobs, here requeueing the arm's job on the way
-    monkeypatch.setattr(transfer, "wait_for_jobs", requeue_once_finetuning_has_a_checkpoint)
+    monkeypatch.setattr(cluster, "wait_for_jobs", requeue_once_finetuning_has_a_checkpoint)
     results = run_experiment(cfg, out, "python tools/experiment.py transfer --preset smoke")
     assert requeued and int(_scontrol_job(requeued[0])["Restarts"]) >= 1, "SLURM never requeued the job"
     assert results["arms"]["maskdcpt"]["status"] == "done" and results["arms"]["maskdcpt"]["step"] == 40

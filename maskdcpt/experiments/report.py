@@ -10,11 +10,12 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import to_dict
-from .transfer import TIMING_FILE, ArmPlan, TransferConfig, run_finished
+from .plan import TIMING_FILE, ArmPlan, ExperimentFolder, TransferConfig, plan_arms, run_finished
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -231,3 +232,27 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# --------------------------------------------------------------------------------------------- writing it
+
+
+def write_report(out: str | Path, statuses: dict[str, tuple[str, str]] | None = None, echo: bool = True) -> dict[str, Any]:
+    """``results.json``, ``report.md`` and ``curves.png`` of the experiment in ``out``, from its run folders;
+    prints the table. Arms that have not finished are listed with their state (``statuses``: the job array's
+    ``{arm: (status, reason)}`` where there is one, see ``cluster.arm_statuses``)."""
+    folder = ExperimentFolder(out)
+    cfg = folder.load()
+    plans = plan_arms(cfg, folder.path)
+    results = collect_results(cfg, plans, statuses or {}, folder.commands())
+    curves = plot_curves(results, folder.path / "curves.png")
+    (folder.path / "report.md").write_text(markdown(results, curves.name if curves else None))
+    # last, and atomically: a complete results.json means the report is complete
+    tmp = folder.path / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, folder.path / "results.json")
+    if echo:
+        print(text_table(results), flush=True)
+        print(f"\nwritten: {folder.path / 'results.json'}, {folder.path / 'report.md'}"
+              + (f", {curves}" if curves else ""), flush=True)
+    return results
