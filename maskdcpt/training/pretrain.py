@@ -22,6 +22,7 @@ from ..config import fixed_field, load_config, ranged
 from ..errors import ConfigError
 from ..data.config import DataConfig
 from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
+from ..evaluation.stats import bootstrap_interval
 from ..losses import focal_loss, masked_l1, supervised_contrastive_loss
 from ..models import build_maskdcpt
 from ..models.checkpoint import ENCODER_FORMAT, save_weights
@@ -325,6 +326,8 @@ class PretrainTask(Task):
         k = len(names)
         known = target >= 0
         result: dict[str, Any] = {"top1": float((pred[known] == target[known]).mean()) if known.any() else float("nan")}
+        if known.any():  # how far another draw of held-out crops could move it: 95 % bootstrap over the crops
+            result["top1_ci95"] = bootstrap_interval(pred[known] == target[known])
         if dense_preds:
             result["top1_unmasked"] = float((torch.cat(dense_preds).numpy()[known] == target[known]).mean())
         result["knn_top1"] = knn_top1(torch.cat(pooled), torch.from_numpy(target))
@@ -345,7 +348,7 @@ class PretrainTask(Task):
         logger.image("val/confusion", render_confusion(counts, self.class_names()), step, dataformats="HWC")
 
     def describe_validation(self, result: dict[str, Any]) -> str:
-        parts = [f"top1 {result['top1']:.3f}"]
+        parts = [f"top1 {result['top1']:.3f}" + (" [{:.3f}, {:.3f}]".format(*result["top1_ci95"]) if "top1_ci95" in result else "")]
         if "top1_unmasked" in result:
             parts.append(f"unmasked {result['top1_unmasked']:.3f}")
         parts.append(f"kNN {result['knn_top1']:.3f}")
