@@ -36,13 +36,14 @@ def _transfer(args: argparse.Namespace, parser: argparse.ArgumentParser, command
     cfg = plan.load_transfer_config(path, args.overrides)
     out = Path(args.out or Path("runs") / "experiments" / f"transfer_{args.preset or path.stem}").resolve()
     if args.dry_run:
-        for name, arm in plan.plan_arms(cfg, out).items():
-            print(f"# {name}: {arm.arm.about}")
+        for key, arm in plan.plan_arms(cfg, out).items():
+            print(f"# {plan.member_name(*key)}: {arm.arm.about}")
             for line in arm.commands():
                 print(line)
         return 0
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    print(f"transfer experiment in {out} ({stamp}); arms: {', '.join(cfg.arms)}", flush=True)
+    print(f"transfer experiment in {out} ({stamp}); arms: {', '.join(cfg.arms)}; seeds: "
+          f"{', '.join(map(str, cfg.seeds))}", flush=True)
     results = run_experiment(cfg, out, command)
     return 0 if results is None or all(a["status"] == "done" for a in results["arms"].values()) else 1
 

@@ -13,24 +13,25 @@ from typing import Any, Sequence
 from ..errors import UserError
 from ..launch import sweep
 from ..launch.launcher import LaunchOptions, build_executor, remove_unexpanded_folder
-from .plan import EXPERIMENT_FILE, ArmPlan, TransferConfig, run_finished
+from .plan import EXPERIMENT_FILE, ArmPlan, TransferConfig, member_name
 from .report import write_report
 
 
-def submit_arms(cfg: TransferConfig, out: Path, plans: dict[str, ArmPlan], command: str | None) -> list[Any]:
-    """The unfinished arms as one job array (``DIR/manifest.json``); on SLURM without ``launch.wait`` also a report
-    job that runs once the whole array has ended."""
-    todo = [n for n in cfg.arms if not run_finished(plans[n].finetune_dir, plans[n].steps["finetune"])]
-    for name in cfg.arms:
-        if name not in todo:
-            print(f"[{name}] finished earlier: not submitted", flush=True)
+def submit_arms(cfg: TransferConfig, out: Path, plans: dict[tuple[str, int], ArmPlan], command: str | None) -> list[Any]:
+    """The unfinished (arm, seed)s as one job array (``DIR/manifest.json``), one member each; on SLURM without
+    ``launch.wait`` also a report job that runs once the whole array has ended."""
+    todo = {member_name(*key): key for key, plan in plans.items() if not plan.finished}
+    for key in plans:
+        if member_name(*key) not in todo:
+            print(f"[{member_name(*key)}] finished earlier: not submitted", flush=True)
     if not todo:
         return []
-    _refuse_queued(out, todo)
+    _refuse_queued(out, list(todo))
+    members = [sweep.SweepMember(name, [f"arm={arm}", f"seed={seed}"]) for name, (arm, seed) in todo.items()]
     spec = sweep.SweepSpec(target="transfer_arm", base_config=str(out / EXPERIMENT_FILE), base_overrides=[],
-                           members=[sweep.SweepMember(n, [f"arm={n}"]) for n in todo])
+                           members=members)
     jobs = sweep.submit_sweep(spec, out, cfg.launch, spec_source=command)
-    print(f"submitted {len(jobs)} arms ({cfg.launch.launcher}): "
+    print(f"submitted {len(jobs)} runs ({cfg.launch.launcher}): "
           + ", ".join(f"{n} {j.job_id}" for n, j in zip(todo, jobs)), flush=True)
     if cfg.launch.launcher == "slurm" and not cfg.launch.wait:
         report = submit_report_job(cfg.launch, out, str(jobs[0].job_id).split("_")[0])
@@ -44,7 +45,7 @@ def submit_arms(cfg: TransferConfig, out: Path, plans: dict[str, ArmPlan], comma
 
 
 def _refuse_queued(out: Path, arms: Sequence[str]) -> None:
-    """An arm still queued or running from an earlier submission must not run twice at once."""
+    """An (arm, seed) still queued or running from an earlier submission must not run twice at once."""
     manifest = out / sweep.MANIFEST
     if not manifest.is_file():
         return
@@ -83,7 +84,8 @@ def wait_for_jobs(jobs: Sequence[Any], poll_s: float = 5.0) -> None:
 
 
 def arm_statuses(out: Path) -> dict[str, tuple[str, str]]:
-    """``{arm: (status, reason)}`` of the arms in the job manifest (failed jobs and their last error line)."""
+    """``{member: (status, reason)}`` of the job manifest's members (``<arm>/seed<k>``: failed jobs and their last
+    error line)."""
     manifest = out / sweep.MANIFEST
     if not manifest.is_file():
         return {}

@@ -1,8 +1,8 @@
-"""Running the transfer experiment: each arm's pre-training then fine-tuning, in this process or as one job of
-the array (:func:`run_arm_job`, the ``transfer_arm`` launch target), and the whole experiment.
+"""Running the transfer experiment: each (arm, seed)'s pre-training then fine-tuning, in this process or as one job
+of the array (:func:`run_arm_job`, the ``transfer_arm`` launch target), and the whole experiment.
 
-Rerunning the same experiment skips finished arms (fine-tuning at its max_steps) and resumes interrupted ones:
-both trainers resume from their ``checkpoints/last.ckpt``. On a cluster each arm is one member of a job array
+Rerunning the same experiment skips finished runs (fine-tuning at its max_steps) and resumes interrupted ones:
+both trainers resume from their ``checkpoints/last.ckpt``. On a cluster each (arm, seed) is one member of a job array
 (:mod:`~maskdcpt.experiments.cluster`), requeued and resumed like any training job; the report is written by a job
 that waits for the array, by ``launch.wait``, or by ``tools/experiment.py transfer --collect DIR``.
 """
@@ -24,7 +24,7 @@ from ..training.finetune import run_finetuning
 from ..training.pretrain import run_pretraining
 from . import cluster
 from .plan import (RESULT_FILE, TIMING_FILE, ArmJobConfig, ArmPlan, ExperimentFolder, TransferConfig, arm_dir,
-                   config_differences, plan_arms, run_finished)
+                   config_differences, member_name, plan_arms, run_finished)
 from .report import arm_result, write_report
 
 
@@ -67,33 +67,40 @@ def _wait_for_run(folder: Path, steps: int, timeout_s: float = 1800.0) -> None:
 
 
 def run_arm(plan: ArmPlan, resume: bool | str = "auto") -> dict[str, Any]:
-    """Pre-train (if the arm does) then fine-tune, skipping what is finished and resuming what is not; returns the
-    arm's result and, on rank 0, writes it to ``<arm>/metrics.json``. ``resume=False`` redoes both runs."""
+    """Pre-train (if the arm does) then run each fine-tuning, at the plan's seed, skipping what is finished and
+    resuming what is not; returns the result and, on rank 0, writes it to ``<arm>/seed<k>/metrics.json``.
+    ``resume=False`` redoes every run."""
     if resume not in ("auto", True, False):
         raise ValueError(f"an arm resumes its runs ('auto') or redoes them (False); got resume={resume!r}")
     main = int(os.environ.get("RANK", "0")) == 0
     fresh = resume is False
     steps = plan.steps
+    label = f"[{member_name(plan.name, plan.seed)}]"
     if not fresh:
         if main:  # rank 0 alone: it is also the one that rewrites config.yaml when a run starts
             if plan.pretrain is not None:
                 check_saved_config(plan.pretrain_dir, plan.pretrain)
-            check_saved_config(plan.finetune_dir, plan.finetune)
-        if run_finished(plan.finetune_dir, steps["finetune"]):
-            print(f"[{plan.name}] finished earlier (fine-tuning at step {steps['finetune']}): skipped", flush=True)
+            for ft in plan.finetunes.values():
+                check_saved_config(ft.dir, ft.config)
+        if plan.finished:
+            print(f"{label} finished earlier (fine-tuning at step {steps['finetune']}): skipped", flush=True)
             return arm_result(plan)
     if plan.pretrain is not None:
         if not fresh and run_finished(plan.pretrain_dir, steps["pretrain"]):
-            print(f"[{plan.name}] pre-training finished earlier: skipped", flush=True)
+            print(f"{label} pre-training finished earlier: skipped", flush=True)
         else:
-            print(f"[{plan.name}] pre-training, {steps['pretrain']} steps: {plan.pretrain_dir}", flush=True)
+            print(f"{label} pre-training, {steps['pretrain']} steps: {plan.pretrain_dir}", flush=True)
             with _timed(plan.folder, "pretrain", main):
                 run_pretraining(plan.pretrain, resume=resume)
         if not main:
             _wait_for_run(plan.pretrain_dir, steps["pretrain"])
-    print(f"[{plan.name}] fine-tuning, {steps['finetune']} steps: {plan.finetune_dir}", flush=True)
-    with _timed(plan.folder, "finetune", main):
-        run_finetuning(plan.finetune, resume=resume)
+    for ft in plan.finetunes.values():
+        if not fresh and run_finished(ft.dir, ft.steps):
+            print(f"{label} {ft.name} finished earlier: skipped", flush=True)
+            continue
+        print(f"{label} fine-tuning ({ft.name}), {ft.steps} steps: {ft.dir}", flush=True)
+        with _timed(plan.folder, ft.name, main):
+            run_finetuning(ft.config, resume=resume)
     result = arm_result(plan)
     if main:
         (plan.folder / RESULT_FILE).write_text(json.dumps(result, indent=2))
@@ -101,14 +108,14 @@ def run_arm(plan: ArmPlan, resume: bool | str = "auto") -> dict[str, Any]:
 
 
 def run_arm_job(cfg: ArmJobConfig, resume: bool | str = "auto") -> dict[str, Any]:
-    """The ``transfer_arm`` launch target: one arm, pre-training then fine-tuning, in one job. A requeued job
-    calls it again and it resumes (a checkpoint path from ``TrainingJob.checkpoint`` means the same: 'auto')."""
+    """The ``transfer_arm`` launch target: one (arm, seed), pre-training then fine-tuning, in one job. A requeued
+    job calls it again and it resumes (a checkpoint path from ``TrainingJob.checkpoint`` means the same: 'auto')."""
     if isinstance(resume, str) and resume != "auto":
-        resume = "auto"  # the arm's own last.ckpt files are found by both runs
-    folder = arm_dir(cfg)
-    plan = plan_arms(cfg, folder.parent, [cfg.arm])[cfg.arm]
-    if plan.folder != folder.resolve():
-        raise ConfigError(f"arm {cfg.arm!r} must live in a folder named after it, not {folder}")
+        resume = "auto"  # the arm's own last.ckpt files are found by every run
+    folder = arm_dir(cfg).resolve()
+    plan = plan_arms(cfg, cfg.run.output_dir, [cfg.arm], [cfg.seed])[cfg.arm, cfg.seed]
+    if plan.folder != folder:
+        raise ConfigError(f"arm {cfg.arm!r} at seed {cfg.seed} must live in {plan.folder}, not {folder}")
     return run_arm(plan, resume)
 
 
@@ -117,11 +124,13 @@ def run_experiment(cfg: TransferConfig, out: str | Path, command: str | None = N
     are all in (None when jobs were submitted without waiting)."""
     folder = ExperimentFolder(out)
     folder.prepare(cfg, command)
-    cfg = folder.load()
-    plans = plan_arms(cfg, folder.path)
+    saved = folder.load()  # absolute paths; every (arm, seed) the folder holds
+    plans = plan_arms(saved, folder.path, cfg.arms)
+    plans = {key: plan for key, plan in plans.items() if key[1] in cfg.seeds_of(key[0])}  # this command's runs
+    cfg = saved
     if cfg.launch.launcher == "none":
-        for name in cfg.arms:
-            run_arm(plans[name])
+        for plan in plans.values():  # seed by seed: after each seed, every arm has a result to compare
+            run_arm(plan)
         return write_report(folder.path, cluster.arm_statuses(folder.path))
     jobs = cluster.submit_arms(cfg, folder.path, plans, command)
     if cfg.launch.wait or cfg.launch.launcher == "local":
