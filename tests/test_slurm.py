@@ -328,7 +328,8 @@ def test_three_member_sweep_runs_as_one_array_and_collects(partition, tmp_path, 
 
 
 def test_transfer_experiment_runs_its_arms_as_one_array_and_reports_after_it(partition, tmp_path):
-    from maskdcpt.experiments.transfer import load_transfer_config, preset_path, run_experiment
+    from maskdcpt.experiments.plan import load_transfer_config, preset_path
+    from maskdcpt.experiments.run import run_experiment
 
     out = tmp_path / "transfer"
     cfg = load_transfer_config(preset_path("smoke"), [
@@ -355,14 +356,15 @@ def test_transfer_experiment_runs_its_arms_as_one_array_and_reports_after_it(par
 
 def test_requeued_transfer_arm_skips_its_finished_pretraining_and_resumes_its_finetuning(partition, tmp_path,
                                                                                         monkeypatch):
-    from maskdcpt.experiments import transfer
-    from maskdcpt.experiments.transfer import load_transfer_config, preset_path, run_experiment
+    from maskdcpt.experiments import cluster
+    from maskdcpt.experiments.plan import load_transfer_config, preset_path
+    from maskdcpt.experiments.run import run_experiment
 
     out = tmp_path / "transfer"
     cfg = load_transfer_config(preset_path("smoke"), [
-        "arms=[maskdcpt]", "finetune_steps=8", "launch.launcher=slurm", f"launch.partition={partition}",
+        "arms=[maskdcpt]", "seeds=[0]", "finetune_steps=8", "launch.launcher=slurm", f"launch.partition={partition}",
         "launch.timeout_min=10", "launch.wait=true", "launch.job_name=maskdcpt-test-transfer"])
-    finetune_dir = out / "maskdcpt" / "finetune"
+    finetune_dir = out / "maskdcpt" / "seed0" / "finetune"
     requeued: list[str] = []
 
     def requeue_while_finetuning_is_held(jobs):
@@ -374,7 +376,7 @@ def test_requeued_transfer_arm_skips_its_finished_pretraining_and_resumes_its_fi
             time.sleep(1)
 
     # launch.wait: the submitting process waits for the jobs, here requeueing the arm's job on the way
-    monkeypatch.setattr(transfer, "wait_for_jobs", requeue_while_finetuning_is_held)
+    monkeypatch.setattr(cluster, "wait_for_jobs", requeue_while_finetuning_is_held)
     monkeypatch.setenv("MASKDCPT_HOLD_AT", f"{finetune_dir}@2")  # the arm's job inherits it from sbatch
     results = run_experiment(cfg, out, "python tools/experiment.py transfer --preset smoke")
     assert requeued and int(_scontrol_job(requeued[0])["Restarts"]) >= 1, "SLURM never requeued the job"

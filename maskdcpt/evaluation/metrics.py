@@ -210,10 +210,13 @@ def ssim_torch(pred: torch.Tensor, gt: torch.Tensor, crop_border: int = 0, y_cha
     a, b = _torch_prepare(pred, gt, crop_border, y_channel)
     a, b = a * 255.0, b * 255.0
     channels = a.shape[1]
-    window = torch.from_numpy(_gaussian_window()).to(a)[None, None].expand(channels, 1, -1, -1)
+    # the window is the outer product of a 1-D Gaussian: two 1-D passes give the same means (to float64 rounding)
+    # at a fifth of the cost of the 11×11 convolution
+    k = torch.from_numpy(cv2.getGaussianKernel(_SSIM_WINDOW_SIZE, _SSIM_SIGMA)[:, 0]).to(a)
+    rows, cols = k.view(1, 1, -1, 1).expand(channels, 1, -1, 1), k.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
 
     def local_mean(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, window, groups=channels)  # no padding: 'valid' positions
+        return F.conv2d(F.conv2d(x, rows, groups=channels), cols, groups=channels)  # no padding: 'valid' positions
 
     mu_a, mu_b = local_mean(a), local_mean(b)
     var_a = local_mean(a * a) - mu_a ** 2

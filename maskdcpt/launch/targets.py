@@ -56,9 +56,9 @@ KNOWN_TARGETS: dict[str, Target] = {
     ),
     # one arm of the transfer experiment (pre-training then fine-tuning) in DIR/<arm>; see maskdcpt.experiments
     "transfer_arm": Target(
-        run="maskdcpt.experiments.transfer:run_arm_job",
-        load_config="maskdcpt.experiments.transfer:load_arm_job_config",
-        run_dir="maskdcpt.experiments.transfer:arm_dir",
+        run="maskdcpt.experiments.run:run_arm_job",
+        load_config="maskdcpt.experiments.plan:load_arm_job_config",
+        run_dir="maskdcpt.experiments.plan:arm_dir",
     ),
     "cluster_check": Target(
         run="maskdcpt.launch.cluster_check:run_cluster_check",

@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..data.config import DataConfig
 from ..data.validation import ValConfig, ValidationSet, ValTask, build_validation_set
 from ..evaluation.metrics import psnr_from_mse
+from ..evaluation.stats import bootstrap_interval
 from ..io import save_weights
 from ..losses import LossConfig, LossInputs, check_weights, loss_weights, total_loss
 from ..models import build_maskdcpt
@@ -323,6 +324,8 @@ class PretrainTask(Task):
         k = len(names)
         known = target >= 0
         result: dict[str, Any] = {"top1": float((pred[known] == target[known]).mean()) if known.any() else float("nan")}
+        if known.any():  # how far another draw of held-out crops could move it: 95 % bootstrap over the crops
+            result["top1_ci95"] = bootstrap_interval(pred[known] == target[known])
         if dense_preds:
             result["top1_unmasked"] = float((torch.cat(dense_preds).numpy()[known] == target[known]).mean())
         result["knn_top1"] = knn_top1(torch.cat(pooled), torch.from_numpy(target))
@@ -342,7 +345,7 @@ class PretrainTask(Task):
         logger.image("val/confusion", render_confusion(counts, self.class_names()), step, dataformats="HWC")
 
     def describe_validation(self, result: dict[str, Any]) -> str:
-        parts = [f"top1 {result['top1']:.3f}"]
+        parts = [f"top1 {result['top1']:.3f}" + (" [{:.3f}, {:.3f}]".format(*result["top1_ci95"]) if "top1_ci95" in result else "")]
         if "top1_unmasked" in result:
             parts.append(f"unmasked {result['top1_unmasked']:.3f}")
         parts.append(f"kNN {result['knn_top1']:.3f}")
