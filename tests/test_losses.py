@@ -80,3 +80,54 @@ def test_supcon_split_over_ranks_sums_to_the_global_loss():
         for r in range(3)
     )
     assert parts.item() == pytest.approx(whole.item(), rel=1e-5)
+
+
+# --- fine-tuning's restoration loss --------------------------------------------------------------------------------
+
+def test_psnr_loss_is_minus_the_mean_of_each_samples_psnr():
+    from maskdcpt.losses import psnr_loss
+
+    target = torch.zeros(2, 3, 4, 4)
+    pred = torch.stack([torch.full((3, 4, 4), 0.1), torch.full((3, 4, 4), 0.01)])  # MSE 1e-2 (20 dB), 1e-4 (40 dB)
+    assert psnr_loss(pred, target).item() == pytest.approx(-30.0, abs=1e-3)
+    # each sample counts by its own dB: halving the easy sample's error moves the loss as much as the hard one's
+    easier = pred.clone(); easier[1] /= 2
+    harder = pred.clone(); harder[0] /= 2
+    assert psnr_loss(easier, target).item() == pytest.approx(psnr_loss(harder, target).item(), abs=1e-3)
+
+
+def test_frequency_l1_is_zero_only_at_the_target_and_weighs_high_frequencies_as_low_ones():
+    from maskdcpt.losses import frequency_l1
+
+    torch.manual_seed(0)
+    target = torch.rand(1, 3, 16, 16)
+    assert frequency_l1(target, target).item() == 0.0
+    # a checkerboard (the highest frequency) and a constant offset of the same pixel L1: the same spectral L1
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 * 2 - 1
+    high = frequency_l1(target + 0.01 * checker, target).item()
+    low = frequency_l1(target + 0.01, target).item()
+    assert high == pytest.approx(low, rel=1e-4) and high > 0
+
+
+def test_restoration_loss_sums_the_weighted_terms_it_names():
+    from maskdcpt.losses import RestorationLossConfig, frequency_l1, psnr_loss, restoration_loss
+
+    torch.manual_seed(1)
+    pred, target = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    total, terms = restoration_loss(pred, target, RestorationLossConfig())
+    assert set(terms) == {"loss/l1", "loss/total"} and total.item() == pytest.approx((pred - target).abs().mean().item())
+    weights = RestorationLossConfig(l1=0.5, psnr=0.03, frequency=2.0)
+    total, terms = restoration_loss(pred, target, weights)
+    expected = 0.5 * (pred - target).abs().mean() + 0.03 * psnr_loss(pred, target) + 2.0 * frequency_l1(pred, target)
+    assert set(terms) == {"loss/l1", "loss/psnr", "loss/frequency", "loss/total"}
+    assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_restoration_loss_refuses_all_weights_zero_and_negative_ones():
+    from maskdcpt.errors import ConfigError
+    from maskdcpt.losses import RestorationLossConfig
+
+    with pytest.raises(ConfigError, match="all 0"):
+        RestorationLossConfig(l1=0.0)
+    with pytest.raises(ConfigError, match="loss.frequency"):
+        RestorationLossConfig(frequency=-1.0)
