@@ -391,8 +391,9 @@ def test_requeued_transfer_arm_skips_its_finished_pretraining_and_resumes_its_fi
 
 # --- two nodes ----------------------------------------------------------------------------------------------------
 
-# The release's LayerNorm classifier: with BatchNorm each rank would normalise its own half of the batch (there is
-# no SyncBatchNorm on CPU), and the two-node run would differ from one process by design, not by rounding.
+# The release's LayerNorm classifier: the anchor compares weights, and a normalisation without batch statistics
+# leaves the order of float sums as the only difference. (The CPU recipe's BatchNorm classifier is synchronised
+# across ranks on CPU as on GPU, SyncMaskedBatchNorm2d: tests/test_sync_batchnorm.py.)
 TWO_NODE_TRAIN = [*TRAIN, "model.classifier_norm=layer"]
 # Two nodes against one process of the same global batch (4) and seed, after 12 steps: only the order of float
 # sums differs (one batch mean against the mean of two half-batch means, averaged over gloo), which Adam carries on.
