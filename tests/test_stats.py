@@ -76,8 +76,9 @@ def test_bootstrap_keeps_each_task_and_matches_the_normal_interval_on_many_sampl
 
 
 def test_validations_carry_bootstrap_intervals_over_the_held_out_crops(tmp_path):
-    """val.jsonl: PSNR and gain (per task and averaged) and the classifier's top-1 each with a 95 % interval over the
-    crops that holds the figure; at step 0 the restorer is the identity, so its gain is 0 with no spread at all."""
+    """val.jsonl: PSNR and gain (per task and averaged), the classifier's top-1 and the reconstruction's PSNR each
+    with a 95 % interval over the crops that holds the figure; at step 0 the restorer is the identity, so its gain
+    is 0 with no spread at all."""
     import json
 
     from maskdcpt.training.finetune import load_finetune_config, run_finetuning
@@ -100,3 +101,5 @@ def test_validations_carry_bootstrap_intervals_over_the_held_out_crops(tmp_path)
     last = json.loads((tmp_path / "pre" / "val.jsonl").read_text().splitlines()[-1])
     lo, hi = last["top1_ci95"]
     assert 0 <= lo <= last["top1"] <= hi <= 1
+    lo, hi = last["rec_psnr_visible_ci95"]
+    assert lo < last["rec_psnr_visible"] < hi  # the mean of the crops' PSNRs lies inside their bootstrap interval

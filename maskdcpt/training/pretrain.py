@@ -335,6 +335,7 @@ class PretrainTask(Task):
             return float(psnr_from_mse(torch.cat(sq[key]), min_mse=1e-10).mean())
 
         result["rec_psnr_visible"], result["input_psnr_visible"] = psnr("rec_v"), psnr("in_v")
+        result["rec_psnr_visible_ci95"] = bootstrap_interval(psnr_from_mse(torch.cat(sq["rec_v"]), min_mse=1e-10).numpy())
         if self.cfg.model.mask_ratio > 0:
             result["rec_psnr_hidden"] = psnr("rec_h")
         result["confusion"] = confusion_matrix(pred[known], target[known], k).tolist()
@@ -345,7 +346,8 @@ class PretrainTask(Task):
         logger.image("val/confusion", render_confusion(counts, self.class_names()), step, dataformats="HWC")
 
     def describe_validation(self, result: dict[str, Any]) -> str:
-        parts = [f"top1 {result['top1']:.3f}" + (" [{:.3f}, {:.3f}]".format(*result["top1_ci95"]) if "top1_ci95" in result else "")]
+        interval = " [{:.3f}, {:.3f}]".format(*result["top1_ci95"]) if "top1_ci95" in result else ""
+        parts = [f"top1 {result['top1']:.3f}{interval}"]
         if "top1_unmasked" in result:
             parts.append(f"unmasked {result['top1_unmasked']:.3f}")
         parts.append(f"kNN {result['knn_top1']:.3f}")
