@@ -80,13 +80,13 @@ def _demo_data() -> DataConfig:
 
 def _demo_val() -> ValConfig:
     # the held-out photos in every type, classified on 128² crops (more evidence than a 32² training crop); each
-    # validation of 228 crops costs about 15 s on 2 cores, so the 5-minute run validates at its start and end
+    # validation of 228 crops costs several seconds on 2 cores, so the default run validates at its start and end
     return ValConfig(every=340, samples_per_task=12, crop_size=128)
 
 
 @dataclass
 class PretrainConfig:
-    """Defaults: the 5-minute CPU run of ``python tools/pretrain.py`` (the CPU recipe
+    """Defaults: the short CPU run of ``python tools/pretrain.py`` (the CPU recipe
     configs/pretrain/nafnet_cpu.yaml cut short); the release-size recipes are configs/pretrain/*_uir.yaml."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
