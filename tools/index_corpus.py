@@ -14,7 +14,8 @@ import time
 
 from maskdcpt.cli import parse_args, tool_main
 from maskdcpt.data.index import build_index
-from maskdcpt.data.mixture import type_id_of
+from maskdcpt.data.mixture import per_root_options
+from maskdcpt.errors import ConfigError
 
 
 @tool_main
@@ -27,16 +28,10 @@ def main(argv=None) -> int:
     parser.add_argument("--meta", nargs="+", default=None, help="per root: pair meta file (- for none)")
     parser.add_argument("--names", nargs="+", default=None, help="per root: source name (default: folder name)")
     args = parse_args(parser, argv)
-    n = len(args.roots)
-    for option in ("type", "meta", "names"):
-        values = getattr(args, option)
-        if values is not None and len(values) != n:
-            parser.error(f"--{option} needs one value per root ({n}), got {len(values)}")
     try:
-        types = [(-1 if t == "-" else type_id_of(t)) for t in args.type] if args.type else None
-    except ValueError as err:
-        parser.error(f"--type: {err}")
-    metas = [(None if m == "-" else m) for m in args.meta] if args.meta else None
+        types, metas = per_root_options(len(args.roots), args.type, args.meta, args.names)
+    except ConfigError as err:
+        parser.error(str(err))
     start = time.perf_counter()
     index = build_index(args.roots, args.out, type_ids=types, metas=metas, names=args.names)
     seconds = time.perf_counter() - start

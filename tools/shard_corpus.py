@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from maskdcpt.cli import parse_args, tool_main
-from maskdcpt.data.mixture import type_id_of
+from maskdcpt.data.mixture import per_root_options
 from maskdcpt.data.shard_writer import index_for, parse_size, verify_shards, write_shards
 from maskdcpt.errors import ConfigError
 
@@ -47,16 +47,10 @@ def main(argv=None) -> int:
         parser.error("--out is required (or --verify MANIFEST)")
     if bool(args.roots) == bool(args.index):
         parser.error("give image roots or --index FILE, not both")
-    n = len(args.roots)
-    for option in ("type", "meta", "names"):
-        values = getattr(args, option)
-        if values is not None and len(values) != n:
-            parser.error(f"--{option} needs one value per root ({n}), got {len(values)}")
     try:
-        types = [(-1 if t == "-" else type_id_of(t)) for t in args.type] if args.type else None
+        types, metas = per_root_options(len(args.roots), args.type, args.meta, args.names)
     except ConfigError as err:
-        parser.error(f"--type: {err}")
-    metas = [(None if m == "-" else m) for m in args.meta] if args.meta else None
+        parser.error(str(err))
     index = index_for(args.roots, args.index, types, metas, args.names)
     report = write_shards(index, args.out, shard_bytes=parse_size(args.shard_size), seed=args.seed,
                           verify=args.decode_check, min_size=args.min_size,

@@ -129,14 +129,18 @@ def read_image(path: str, min_size: int = 1, keep_gray: bool = False) -> np.ndar
     ``min_size``: images with a side under it are skipped as ``too small``.
     ``keep_gray``: a gray file (without alpha) stays H×W instead of becoming three equal channels.
     """
+    return decode_image(read_bytes(path), path, min_size, keep_gray)
+
+
+def read_bytes(path: str) -> bytes:
+    """The file's bytes, as stored; :class:`SkipImage` ("missing", "unreadable (…)") when they cannot be read."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise SkipImage(path, "missing") from None
     except OSError as err:
         raise SkipImage(path, f"unreadable ({err.strerror})") from None
-    return decode_image(data, path, min_size, keep_gray)
 
 
 def decode_image(data: bytes, name: str, min_size: int = 1, keep_gray: bool = False) -> np.ndarray:

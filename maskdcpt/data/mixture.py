@@ -69,6 +69,20 @@ def type_id_of(value: str | int | None, names: Sequence[str] = TYPE_NAMES) -> in
     return tid
 
 
+def per_root_options(n_roots: int, types: Sequence[str] | None, metas: Sequence[str] | None,
+                     names: Sequence[str] | None) -> tuple[list[int] | None, list[str | None] | None]:
+    """The per-root options of the corpus tools (``--type``, ``--meta``, ``--names``: one value per root, ``-`` for
+    none) checked: (type ids, -1 for none; meta files, None for none). ConfigError naming the option otherwise."""
+    for option, values in (("type", types), ("meta", metas), ("names", names)):
+        if values is not None and len(values) != n_roots:
+            raise ConfigError(f"--{option} needs one value per root ({n_roots}), got {len(values)}")
+    try:
+        type_ids = [(-1 if t == "-" else type_id_of(t)) for t in types] if types else None
+    except ConfigError as err:
+        raise ConfigError(f"--type: {err}") from None
+    return type_ids, ([(None if m == "-" else m) for m in metas] if metas else None)
+
+
 def class_balanced_weights(type_ids: Sequence[int], weights: Sequence[float]) -> list[float]:
     """Paired-source weights giving every present type the same total share.
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..io import atomic_write
-from .decode import SkipImage, read_image
+from .decode import SkipImage, read_bytes, read_image
 from .index import CorpusIndex
 
 MANIFEST = "manifest.json"
@@ -161,13 +161,7 @@ def _safe_name(name: str, taken: set[str]) -> str:
 
 
 def _read_bytes(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise SkipImage(path, "missing") from None
-    except OSError as err:
-        raise SkipImage(path, f"unreadable ({err.strerror})") from None
+    data = read_bytes(path)
     if not data:
         raise SkipImage(path, "empty")
     if not looks_like_image(data[:16]):
