@@ -153,3 +153,17 @@ def test_symlink_loops_and_dangling_links_are_skipped_named_and_counted(tmp_path
     index = CorpusIndex.load(out)
     assert list(index.iter_relpaths()) == ["L1/b.png", "a.png"]
     assert len(index.skipped) == 5 and (str(root / "dangling.png"), "dangling symlink (its target does not exist)") in index.skipped
+
+
+def test_per_root_options_of_the_corpus_tools_are_checked_and_converted():
+    from maskdcpt.data.mixture import per_root_options
+    from maskdcpt.errors import ConfigError
+    from degradations import TYPE_NAMES
+
+    types, metas = per_root_options(2, ["rain_streaks", "-"], ["-", "pairs.txt"], ["a", "b"])
+    assert types == [TYPE_NAMES.index("rain_streaks"), -1] and metas == [None, "pairs.txt"]
+    assert per_root_options(1, None, None, None) == (None, None)
+    with pytest.raises(ConfigError, match=r"--meta needs one value per root \(2\), got 1"):
+        per_root_options(2, None, ["-"], None)
+    with pytest.raises(ConfigError, match="--type: unknown degradation type 'rain'"):
+        per_root_options(1, ["rain"], None, None)
