@@ -46,6 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .models import timed_steps
+
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = ("nafnet", "restormer", "promptir", "swinir")
 RELEASE_MODELS = {"nafnet": "nafnet_5d", "restormer": "restormer", "promptir": "promptir", "swinir": "swinir"}
@@ -160,32 +162,14 @@ def environment(cfg: GpuBenchConfig) -> dict[str, Any]:
     return env
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_steps(step: Callable[[], None], batch: int, cfg: GpuBenchConfig) -> dict[str, Any]:
-    """Images/s over ``cfg.steps`` timed steps after ``cfg.warmup`` (the first of which is reported: it holds
+    """Images/s over ``cfg.steps`` timed steps after ``cfg.warmup`` (at least one; the first is reported: it holds
     compilation and cuDNN's autotuning), and the peak memory of the timed steps."""
-    start = time.perf_counter()
-    step()
-    _sync(cfg.device)
-    first_s = time.perf_counter() - start
-    for _ in range(cfg.warmup - 1):
-        step()
-    _sync(cfg.device)
-    if cfg.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(cfg.device)
-    start = time.perf_counter()
-    for _ in range(cfg.steps):
-        step()
-    _sync(cfg.device)
-    elapsed = time.perf_counter() - start
+    elapsed, first_s, peak = timed_steps(step, max(cfg.warmup, 1), cfg.steps, cfg.device)
     out = {"img_per_s": round(batch * cfg.steps / elapsed, 2), "batch": batch, "steps": cfg.steps,
            "first_step_s": round(first_s, 2)}
-    if cfg.device.type == "cuda":
-        out["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(cfg.device) / 1e9, 2)
+    if peak is not None:
+        out["peak_mem_gb"] = round(peak, 2)
     return out
 
 

@@ -158,6 +158,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_steps(step: Callable[[], None], warmup: int, steps: int,
+                device: torch.device) -> tuple[float, float | None, float | None]:
+    """Run ``warmup`` untimed steps, then ``steps`` timed ones: (seconds of the timed steps, seconds of the first
+    warm-up step — compilation, cuDNN's autotuning —, peak CUDA memory of the timed steps in GB; None where there is
+    no warm-up step / no CUDA)."""
+    first_s = None
+    for i in range(warmup):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        if i == 0:
+            first_s = time.perf_counter() - start
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    return elapsed, first_s, peak
+
+
 def time_training(model: nn.Module, loss: Callable, dtype: str, cfg: BenchConfig) -> tuple[float, float | None]:
     """Images per second of full training steps, and the peak CUDA memory in GB (None on CPU)."""
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -182,17 +205,7 @@ def time_training(model: nn.Module, loss: Callable, dtype: str, cfg: BenchConfig
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(cfg.warmup):
-        step()
-    _sync(cfg.device)
-    if cfg.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(cfg.device)
-    start = time.perf_counter()
-    for _ in range(cfg.steps):
-        step()
-    _sync(cfg.device)
-    elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(cfg.device) / 1e9 if cfg.device.type == "cuda" else None
+    elapsed, _, peak = timed_steps(step, cfg.warmup, cfg.steps, cfg.device)
     return cfg.batch * cfg.steps / elapsed, peak
 
 
