@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI entry point (called by .ci/run before pytest): install SLURM if needed and start the one-node
+# CI entry point (called by .ci/run before pytest): install SLURM if needed and start the two-node
 # cluster. Fails loudly when it cannot, so that the `slurm` tests never skip silently in CI.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
