@@ -1,6 +1,6 @@
 """The fine-tuning loss: a weighted sum of L1, a per-sample PSNR term and a frequency L1 (``loss.*`` of
-:class:`~maskdcpt.training.finetune.FinetuneConfig`). Why three terms: see ``configs/finetune`` and the README,
-"Does pre-training help?" (an all-in-one batch mixes tasks whose errors differ by an order of magnitude).
+:class:`~maskdcpt.training.finetune.FinetuneConfig`). Why three terms: an all-in-one batch mixes tasks whose errors
+differ by an order of magnitude; what each term measured is in ``configs/experiments/transfer_cpu.yaml``'s header.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from ..config import check_ranges, ranged
 from ..errors import ConfigError
+from .reconstruction import masked_l1
 
 __all__ = ["RestorationLossConfig", "psnr_loss", "frequency_l1", "restoration_loss"]
 
@@ -50,7 +51,7 @@ def frequency_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def restoration_loss(pred: torch.Tensor, target: torch.Tensor,
                      weights: RestorationLossConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(Σ weight · term over the terms weighted above 0, {"loss/<term>": term, …, "loss/total": the sum})."""
-    fns = {"l1": lambda: (pred.float() - target.float()).abs().mean(),
+    fns = {"l1": lambda: masked_l1(pred, target),
            "psnr": lambda: psnr_loss(pred, target), "frequency": lambda: frequency_l1(pred, target)}
     terms: dict[str, torch.Tensor] = {}
     total = pred.new_zeros((), dtype=torch.float32)
