@@ -338,7 +338,8 @@ def test_transfer_experiment_runs_its_arms_as_one_array_and_reports_after_it(par
     assert run_experiment(cfg, out, "python tools/experiment.py transfer --preset smoke") is None  # not waited for
     manifest = json.loads((out / "manifest.json").read_text())
     ids = [m["job_id"] for m in manifest["members"]]
-    assert len({i.split("_")[0] for i in ids}) == 1 and sorted(i.split("_")[1] for i in ids) == ["0", "1"], ids
+    # one array, one member per (arm, seed): the smoke preset's main arms run at seeds 0 and 1
+    assert len({i.split("_")[0] for i in ids}) == 1 and sorted(i.split("_")[1] for i in ids) == ["0", "1", "2", "3"], ids
     report_id = manifest["report_job"]["job_id"]
     assert _scontrol_job(report_id)["Dependency"].startswith(f"afterany:{ids[0].split('_')[0]}")
     deadline = time.time() + JOB_TIMEOUT_S
@@ -382,7 +383,7 @@ def test_requeued_transfer_arm_skips_its_finished_pretraining_and_resumes_its_fi
     assert requeued and int(_scontrol_job(requeued[0])["Restarts"]) >= 1, "SLURM never requeued the job"
     assert results["arms"]["maskdcpt"]["status"] == "done" and results["arms"]["maskdcpt"]["step"] == 8
     log = Path(json.loads((out / "manifest.json").read_text())["members"][0]["stdout"]).read_text()
-    assert "[maskdcpt] pre-training finished earlier: skipped" in log
+    assert "[maskdcpt/seed0] pre-training finished earlier: skipped" in log
     resumed = re.findall(r"resumed from .*finetune/checkpoints/last\.ckpt at step (\d+)", log)
     assert resumed and int(resumed[-1]) == 2, log[-2000:]
     steps = [json.loads(line)["step"] for line in (finetune_dir / "val.jsonl").read_text().splitlines()]

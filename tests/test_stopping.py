@@ -23,10 +23,25 @@ from test_pretrain import _Repeat, _fixed_batch, _trainer
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _sigint_default() -> None:
+    # a test runner started in the background by a non-interactive shell (`cmd &`) passes SIGINT on ignored, and a
+    # run honours an ignored SIGINT (nohup): give the run the terminal's default, as a user's shell does
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(out_dir: Path, *overrides: str, name: str = "r") -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "tools" / "pretrain.py"), f"run.output_dir={out_dir}", f"run.name={name}",
            *TINY_PRETRAIN, *overrides]
-    return subprocess.Popen(cmd, env=run_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, env=run_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default)
+
+
+@pytest.fixture
+def sigint_handler():
+    """SIGINT as Python sets it up in a terminal (KeyboardInterrupt), whatever this test process inherited."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def _wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 300) -> list[str]:
@@ -66,7 +81,7 @@ def test_ctrl_c_checkpoints_at_the_next_step_and_the_run_resumes_from_it(tmp_pat
     assert f"at step {step}" in out and f"done at step {step + 1}" in out
 
 
-def test_ctrl_c_in_a_two_step_run_leaves_a_checkpoint_and_a_second_one_stops_at_once(tmp_path):
+def test_ctrl_c_in_a_two_step_run_leaves_a_checkpoint_and_a_second_one_stops_at_once(tmp_path, sigint_handler):
     trainer, task = _trainer(tmp_path, ["train.checkpoint_every=50"], _fixed_batch(), 2)
     task.after_step = lambda step: os.kill(os.getpid(), signal.SIGINT) if step == 1 else None
     with pytest.raises(SystemExit) as info:
@@ -79,6 +94,19 @@ def test_ctrl_c_in_a_two_step_run_leaves_a_checkpoint_and_a_second_one_stops_at_
     task.after_step = lambda step: [os.kill(os.getpid(), signal.SIGINT) for _ in range(2)] if step == 1 else None
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(resume=False)
+
+
+def test_an_ignored_sigint_stays_ignored(tmp_path):
+    """A run started with SIGINT ignored (`nohup … &`) is not stopped by it, as any program started so."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        trainer, task = _trainer(tmp_path, ["train.checkpoint_every=50"], _fixed_batch(), 2)
+        task.after_step = lambda step: os.kill(os.getpid(), signal.SIGINT) if step == 1 else None
+        trainer.fit(resume=False)  # runs to its end
+        assert load_state(tmp_path / "checkpoints" / "last.ckpt")["step"] == 2
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # ----------------------------------------------------------------------------------------------- SIGTERM in validation
