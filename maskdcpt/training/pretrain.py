@@ -331,13 +331,14 @@ class PretrainTask(Task):
         result["knn_top1"] = knn_top1(torch.cat(pooled), torch.from_numpy(target))
         result["per_type"] = {names[t]: float((pred[target == t] == t).mean()) for t in sorted(set(target[known].tolist()))}
 
-        def psnr(key: str) -> float:
-            return float(psnr_from_mse(torch.cat(sq[key]), min_mse=1e-10).mean())
+        def psnr(key: str) -> torch.Tensor:  # each crop's PSNR
+            return psnr_from_mse(torch.cat(sq[key]), min_mse=1e-10)
 
-        result["rec_psnr_visible"], result["input_psnr_visible"] = psnr("rec_v"), psnr("in_v")
-        result["rec_psnr_visible_ci95"] = bootstrap_interval(psnr_from_mse(torch.cat(sq["rec_v"]), min_mse=1e-10).numpy())
+        rec_visible = psnr("rec_v")
+        result["rec_psnr_visible"], result["input_psnr_visible"] = float(rec_visible.mean()), float(psnr("in_v").mean())
+        result["rec_psnr_visible_ci95"] = bootstrap_interval(rec_visible.numpy())
         if self.cfg.model.mask_ratio > 0:
-            result["rec_psnr_hidden"] = psnr("rec_h")
+            result["rec_psnr_hidden"] = float(psnr("rec_h").mean())
         result["confusion"] = confusion_matrix(pred[known], target[known], k).tolist()
         return result
 
